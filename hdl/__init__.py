@@ -1,0 +1,1 @@
+"""Gateware of the virtio-net PCIe endpoint (Amaranth 0.5)."""

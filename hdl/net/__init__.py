@@ -1,0 +1,1 @@
+"""virtio-net device: device-specific configuration (datapath comes with the ring engine)."""

@@ -1,0 +1,1 @@
+"""PCI Express transaction layer: TLP streams, config space, BAR completer."""

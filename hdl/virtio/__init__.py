@@ -1,0 +1,1 @@
+"""virtio PCI transport: common cfg, notify, ISR, device cfg."""

@@ -1,0 +1,1 @@
+"""Simulation: TLP codec, cocotb testbench and the runner glue."""
