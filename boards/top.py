@@ -23,7 +23,7 @@ import importlib
 import os
 
 from amaranth.hdl import Cat, ClockDomain, Module, Elaboratable, Signal, Shape
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
@@ -48,6 +48,9 @@ LED_COUNT = 8
 # DIP switches (amaranth-boards resource "switch") driving core inputs.
 SWITCH_TX_READY = 0
 SWITCH_LINK_UP = 1
+# Flip-flop stages of the pin synchronisers and of the reset synchroniser.
+SYNC_STAGES = 2
+RESET_SYNC_STAGES = 2
 # UART TX is not used; hold it at the line's idle level.
 UART_IDLE = 1
 # Feedback tap (distance from the serial end) of the stimulus shift register.
@@ -130,6 +133,11 @@ class CoreHarness(wiring.Component):
         """Bits entering the MISR: tx payload+valid, rx ready, notify payload+valid."""
         return _payload_width(self._tx_sig) + _payload_width(self._notify_sig) + 3
 
+    @property
+    def flops(self):
+        """Flip-flops this harness adds: stimulus, MISR, LED registers."""
+        return self.stimulus_width + self.observed_width + LED_COUNT
+
     def observed(self):
         """Every core output bit, as one value (the MISR's parallel input)."""
         return Cat(self.tlp_tx.payload, self.tlp_tx.valid, self.tlp_rx.ready,
@@ -177,15 +185,24 @@ class VersaTop(Elaboratable):
         self.harness = CoreHarness(core.signature)
         self.clock_frequencies = {"sync": SYNC_CLK_HZ}
 
+    #: Pins passed through an `FFSynchronizer`: UART RX and two switches.
+    SYNCHRONISED_PINS = 3
+
+    @property
+    def harness_flops(self):
+        """Flip-flops the board adds around the core (for the coverage check)."""
+        return (self.harness.flops + self.SYNCHRONISED_PINS * SYNC_STAGES
+                + RESET_SYNC_STAGES)
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = self.core
         m.submodules.harness = harness = self.harness
 
-        clk100 = platform.request("clk100", 0)
-        rst = platform.request("rst", 0)
+        m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request("clk100", 0, dir="-"))
+        m.submodules.rst_buf = rst_buf = io.Buffer("i", platform.request("rst", 0, dir="-"))
         m.domains.sync = cd_sync = ClockDomain("sync")
-        m.d.comb += cd_sync.clk.eq(clk100.i)
+        m.d.comb += cd_sync.clk.eq(clk_buf.i)
         # The constraint sits on the pad (resource Clock(), LPF "FREQUENCY PORT") and
         # nextpnr carries it through the input buffer. A net constraint on cd_sync.clk
         # would name a net that yosys' flattening renames (nextpnr then ignores it).
@@ -193,15 +210,21 @@ class VersaTop(Elaboratable):
         if board_hz != self.clock_frequencies["sync"]:
             raise ValueError(f"clk100 is constrained to {board_hz} Hz, "
                              f"expected {self.clock_frequencies['sync']} Hz")
-        m.submodules.rst_sync = ResetSynchronizer(rst.i, domain="sync")
+        m.submodules.rst_sync = ResetSynchronizer(rst_buf.i, domain="sync",
+                                                  stages=RESET_SYNC_STAGES)
 
-        uart = platform.request("uart", 0)
-        tx_ready_sw = platform.request("switch", SWITCH_TX_READY)
-        link_up_sw = platform.request("switch", SWITCH_LINK_UP)
-        m.d.comb += uart.tx.o.eq(UART_IDLE)
-        m.submodules.serial_sync = FFSynchronizer(uart.rx.i, harness.serial_in)
-        m.submodules.tx_ready_sync = FFSynchronizer(tx_ready_sw.i, harness.tx_ready_in)
-        m.submodules.link_up_sync = FFSynchronizer(link_up_sw.i, harness.link_up_in)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_buf = uart_rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buf = uart_tx = io.Buffer("o", uart.tx)
+        m.d.comb += uart_tx.o.eq(UART_IDLE)
+        pins = {
+            "serial": (uart_rx.i, harness.serial_in),
+            "tx_ready": (self._switch(m, platform, SWITCH_TX_READY), harness.tx_ready_in),
+            "link_up": (self._switch(m, platform, SWITCH_LINK_UP), harness.link_up_in),
+        }
+        assert len(pins) == self.SYNCHRONISED_PINS
+        for name, (pin, target) in pins.items():
+            m.submodules[f"{name}_sync"] = FFSynchronizer(pin, target, stages=SYNC_STAGES)
 
         wiring.connect(m, harness.tlp_rx, core.tlp_rx)
         wiring.connect(m, core.tlp_tx, harness.tlp_tx)
@@ -209,5 +232,13 @@ class VersaTop(Elaboratable):
         m.d.comb += core.link_up.eq(harness.link_up)
 
         for index in range(LED_COUNT):
-            m.d.comb += platform.request("led", index).o.eq(harness.leds[index])
+            m.submodules[f"led_buf_{index}"] = led = io.Buffer(
+                "o", platform.request("led", index, dir="-"))
+            m.d.comb += led.o.eq(harness.leds[index])
         return m
+
+    @staticmethod
+    def _switch(m, platform, index):
+        m.submodules[f"switch_buf_{index}"] = switch = io.Buffer(
+            "i", platform.request("switch", index, dir="-"))
+        return switch.i

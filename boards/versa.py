@@ -71,10 +71,9 @@ def request_pcie_pads(platform, number=0):
 
     Returns ``(lane, refclk)``. ``lane.tx``/``lane.rx``/``refclk`` are raw
     differential ports (``.p``/``.n`` IOPorts) for the DCUA's HDOUTP/HDOUTN,
-    HDINP/HDINN and the EXTREFB's REFCLKP/REFCLKN; ``lane.perst`` is a
-    buffered input (``.i``, 1 = host holds PERST# asserted).
+    HDINP/HDINN and the EXTREFB's REFCLKP/REFCLKN; ``lane.perst`` is a raw
+    port too, for an ``io.Buffer("i", ...)`` (1 = host holds PERST# asserted).
     """
-    lane = platform.request(PCIE_RESOURCE, number,
-                            dir={"tx": "-", "rx": "-", "perst": "i"})
+    lane = platform.request(PCIE_RESOURCE, number, dir="-")
     refclk = platform.request(PCIE_REFCLK_RESOURCE, number, dir="-")
     return lane, refclk

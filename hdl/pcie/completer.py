@@ -352,6 +352,8 @@ class Completer(wiring.Component):
                     out0.tc.eq(dw0.tc),
                     out0.attr.eq(dw0.attr),
                     out0.attr2.eq(dw0.attr2),
+                    out0.tag8.eq(dw0.tag8),          # 10-bit tags come back whole
+                    out0.tag9.eq(dw0.tag9),
                     out0.length.eq(Mux(cpl_has_data, cpl_length, 0)),
                     cpl.valid.eq(1),
                     cpl.payload.data.eq(out0),

@@ -46,8 +46,9 @@ class NotifyRegion(wiring.Component):
             with m.If(pending[q]):
                 m.d.comb += self.doorbell.payload.eq(q)
         m.d.comb += self.doorbell.valid.eq(pending != 0)
-        with m.If(self.doorbell.valid & self.doorbell.ready):
-            m.d.comb += taken.eq(1 << self.doorbell.payload)
+        for q in range(self.num_queues):
+            m.d.comb += taken[q].eq(self.doorbell.valid & self.doorbell.ready
+                                    & (self.doorbell.payload == q))
         with m.If(self.reset):
             m.d.sync += pending.eq(0)
         with m.Else():

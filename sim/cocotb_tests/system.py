@@ -1,0 +1,173 @@
+"""System tests: the Verilated core, cocotbext-pcie's root complex and the Python driver.
+
+Run through tests/test_system.py (pytest), one simulator process per build
+parameter set.
+"""
+import cocotb
+from cocotbext.pcie.core.tlp import CplStatus, Tlp, TlpType
+
+from driver.virtio_net import VirtioNet, VirtioNetProbeError
+from driver.virtio_pci_modern import VirtioPciModernDevice
+from hdl import spec
+from hdl.top import implemented_features
+from sim.device import INJECT_TAG_BASE
+from sim.tb import TB
+
+
+@cocotb.test()
+async def enumeration(dut):
+    """The root complex finds a virtio-net function with a 32 KiB 64-bit BAR and MSI-X."""
+    tb = TB(dut)
+    f = await tb.init()
+    assert (f.vendor_id, f.device_id) == (spec.VIRTIO_PCI_VENDOR_ID, spec.VIRTIO_NET_PCI_DEVICE_ID)
+    assert f.class_code == spec.PCI_CLASS_NETWORK_ETHERNET
+    assert f.bar_size[0] == 0x8000 and f.bar_addr[0] is not None
+    assert f.bar[0] & spec.PciBar.MEM_TYPE_64
+    assert len(f.msi_vectors) == tb.params.msix_vectors
+    # MSI-X is on, as the root complex set it up
+    control = await tb.transport.config_read(0x7C + spec.MsixCap.MESSAGE_CONTROL, 2)
+    assert control & spec.MsixControl.ENABLE
+    assert control & spec.MsixControl.TABLE_SIZE_MASK == tb.params.msix_vectors - 1
+
+
+@cocotb.test()
+async def probe(dut):
+    """The driver probes the device to DRIVER_OK with what it offers."""
+    tb = TB(dut)
+    await tb.init()
+    net = VirtioNet(tb.transport)
+    await net.probe()
+    offered = tb.params.device_features
+    assert net.negotiated_features == offered & net.negotiated_features
+    assert net.negotiated_features & spec.VirtioF.VERSION_1
+    assert net.mac == tb.params.mac
+    assert net.mtu == tb.params.mtu
+    assert net.link_up
+    status = await net.pci.get_status()
+    assert status & spec.VirtioStatus.DRIVER_OK and status & spec.VirtioStatus.FEATURES_OK
+    # the rings the driver set up are what the device holds
+    for index, vq in net.queues.items():
+        pci = net.pci
+        await pci.common.write16(spec.VirtioCommonCfg.QUEUE_SELECT, index)
+        assert await pci.common.read16(spec.VirtioCommonCfg.QUEUE_ENABLE) == 1
+        assert await pci.common.read64(spec.VirtioCommonCfg.QUEUE_DESC) == vq.desc_addr
+        assert await pci.common.read64(spec.VirtioCommonCfg.QUEUE_DRIVER) == vq.avail_addr
+        assert await pci.common.read64(spec.VirtioCommonCfg.QUEUE_DEVICE) == vq.used_addr
+        assert await pci.common.read16(spec.VirtioCommonCfg.QUEUE_SIZE) == vq.num
+    # link down is a config change the driver sees
+    gen = await net.pci.config_generation()
+    dut.link_up.value = 0
+    await net.pci.common.read8(spec.VirtioCommonCfg.DEVICE_STATUS)
+    assert await net.pci.config_generation() != gen
+    assert not await net.pci.config_read16(spec.VirtioNetCfg.STATUS) & spec.VirtioNetS.LINK_UP
+    await net.remove()
+    assert await net.pci.get_status() == 0
+
+
+@cocotb.test()
+async def broken_feature_set(dut):
+    """Run with a build offering MQ and CTRL_RX without CTRL_VQ: refused, both named."""
+    tb = TB(dut)
+    await tb.init()
+    net = VirtioNet(tb.transport)
+    try:
+        await net.probe()
+    except VirtioNetProbeError as err:
+        text = str(err)
+        assert "MQ" in text and "CTRL_RX" in text and "CTRL_VQ" in text, text
+        assert len(err.problems) >= 2, err.problems
+    else:
+        raise AssertionError("probe accepted a device with broken feature dependencies")
+    assert await net.pci.get_status() & spec.VirtioStatus.FAILED
+
+
+@cocotb.test()
+async def features_ok_refused_for_unoffered_feature(dut):
+    """The device, not just the driver, refuses a feature it did not offer."""
+    tb = TB(dut)
+    await tb.init()
+    pci = VirtioPciModernDevice(tb.transport)
+    await pci.probe()
+    await pci.reset()
+    S = spec.VirtioStatus
+    await pci.add_status(S.ACKNOWLEDGE)
+    await pci.add_status(S.DRIVER)
+    offered = await pci.get_features()
+    assert offered == implemented_features()
+    await pci.set_features(offered | spec.VirtioNetF.CTRL_VQ)
+    await pci.add_status(S.FEATURES_OK)
+    assert not await pci.get_status() & S.FEATURES_OK
+    # the same driver with an honest feature set gets through
+    await pci.set_features(offered)
+    await pci.add_status(S.FEATURES_OK)
+    assert await pci.get_status() & S.FEATURES_OK
+
+
+@cocotb.test()
+async def reset_mid_way(dut):
+    """A reset half-way through set-up leaves nothing behind; the driver probes again."""
+    tb = TB(dut)
+    await tb.init()
+    pci = VirtioPciModernDevice(tb.transport)
+    await pci.probe()
+    S, C = spec.VirtioStatus, spec.VirtioCommonCfg
+    await pci.add_status(S.ACKNOWLEDGE)
+    await pci.add_status(S.DRIVER)
+    await pci.set_features(await pci.get_features())
+    await pci.add_status(S.FEATURES_OK)
+    await pci.common.write16(C.QUEUE_SELECT, 0)
+    await pci.common.write16(C.QUEUE_SIZE, 16)
+    await pci.common.write64(C.QUEUE_DESC, 0x1234_5000)
+    await pci.common.write16(C.QUEUE_ENABLE, 1)
+    await pci.reset()
+    assert await pci.get_status() == 0
+    await pci.common.write16(C.QUEUE_SELECT, 0)
+    assert await pci.common.read16(C.QUEUE_ENABLE) == 0
+    assert await pci.common.read64(C.QUEUE_DESC) == 0
+    assert await pci.common.read16(C.QUEUE_SIZE) == tb.params.queue_size_max
+    net = VirtioNet(tb.transport)
+    await net.probe()
+    assert net.ready
+
+
+@cocotb.test()
+async def unsupported_requests(dut):
+    """Requests the device cannot serve get Unsupported Request; it carries on after."""
+    tb = TB(dut)
+    f = await tb.init()
+    bar = f.bar_addr[0]
+    # through the root complex: a read past BAR0 but inside the bridge window
+    before = len(tb.dev.sent)
+    try:
+        await tb.rc.mem_read(bar + f.bar_size[0], 4, timeout=10, timeout_unit="us")
+    except Exception as err:                       # cocotbext-pcie raises on UR
+        tb.log.info("root complex reports: %s", err)
+    else:
+        raise AssertionError("read outside every BAR succeeded")
+    assert len(tb.dev.sent) == before + 1, "the device itself did not answer"
+    assert Tlp.unpack(tb.dev.sent[-1]).status == CplStatus.UR
+
+    # straight into the core: types no root port would route to an endpoint
+    tag = INJECT_TAG_BASE
+    for fmt_type, addr in ((TlpType.IO_READ, 0x1000), (TlpType.MEM_READ_64, bar - 0x1000),
+                           (TlpType.CFG_READ_1, 0)):
+        tlp = Tlp()
+        tlp.fmt_type = fmt_type
+        tlp.set_addr_be(addr, 4)
+        tlp.tag = tag
+        tag += 1
+        reply = await tb.dev.inject(tlp)
+        assert reply.fmt_type == TlpType.CPL and reply.status == CplStatus.UR, reply
+    # a posted write outside every BAR: dropped, unanswered, UR detected
+    await tb.transport.config_write(0x40 + spec.PcieCap.DEVSTA, 2, spec.PcieDevSta.UR_DETECTED)
+    assert not await tb.transport.config_read(0x40 + spec.PcieCap.DEVSTA, 2) & spec.PcieDevSta.UR_DETECTED
+    tlp = Tlp()
+    tlp.fmt_type = TlpType.MEM_WRITE
+    tlp.set_addr_be_data(bar + 0x10000, b"\xff" * 4)
+    tlp.tag = tag
+    await tb.dev.inject(tlp, expect_reply=False, timeout_cycles=100)
+    assert await tb.transport.config_read(0x40 + spec.PcieCap.DEVSTA, 2) & spec.PcieDevSta.UR_DETECTED
+    # still alive
+    assert await tb.transport.config_read(spec.PciCfg.VENDOR_ID, 2) == spec.VIRTIO_PCI_VENDOR_ID
+    num_queues = await tb.rc.mem_read(bar + spec.VirtioCommonCfg.NUM_QUEUES, 2)
+    assert int.from_bytes(num_queues, "little") == tb.params.num_queues

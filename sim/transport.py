@@ -1,0 +1,65 @@
+"""The driver's Transport over cocotbext-pcie: what a guest kernel's PCI core gives a driver."""
+from cocotb.triggers import with_timeout
+
+from driver.transport import Transport
+
+__all__ = ["CocotbPcieTransport"]
+
+
+class CocotbPcieTransport(Transport):
+    """``rc``: the RootComplex; ``function``: the enumerated PciDevice; ``mem``:
+    a host memory region (cocotbext-pcie's MemoryRegion) for DMA."""
+
+    def __init__(self, rc, function, mem, mem_base):
+        self.rc = rc
+        self.function = function
+        self.mem = mem
+        self.mem_base = mem_base
+        self._next_free = 0
+        self.msix_enabled = False
+
+    async def config_read(self, offset, size):
+        data = await self.function.config_read(offset, size)
+        return int.from_bytes(data, "little")
+
+    async def config_write(self, offset, size, value):
+        await self.function.config_write(offset, value.to_bytes(size, "little"))
+
+    def bar_address(self, bar):
+        return self.function.bar_addr[bar] or 0
+
+    def bar_size(self, bar):
+        return self.function.bar_size[bar] or 0
+
+    async def mmio_read(self, addr, size):
+        return int.from_bytes(await self.rc.mem_read(addr, size), "little")
+
+    async def mmio_write(self, addr, size, value):
+        await self.rc.mem_write(addr, value.to_bytes(size, "little"))
+
+    def dma_alloc(self, size, align):
+        start = -(-self._next_free // align) * align
+        if start + size > self.mem.size:
+            raise MemoryError(f"host DMA memory exhausted ({self.mem.size} bytes)")
+        self._next_free = start + size
+        return self.mem_base + start
+
+    def _mem_offset(self, addr, length):
+        offset = addr - self.mem_base
+        if offset < 0 or offset + length > self.mem.size:
+            raise ValueError(f"DMA access {addr:#x}+{length} outside host memory")
+        return offset
+
+    async def dma_read(self, addr, length):
+        return bytes(await self.mem.read(self._mem_offset(addr, length), length))
+
+    async def dma_write(self, addr, data):
+        await self.mem.write(self._mem_offset(addr, len(data)), bytes(data))
+
+    def msix_vectors_available(self):
+        return len(self.function.msi_vectors) if self.msix_enabled else 0
+
+    async def wait_interrupt(self, vector, timeout_ns):
+        event = self.function.msi_get_event(vector)
+        event.clear()
+        await with_timeout(event.wait(), timeout_ns, "ns")
