@@ -6,6 +6,8 @@
 A build is redone when the parameters or any file under hdl/ change (the
 sources' hash is kept beside the Verilog).
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -88,8 +90,25 @@ def generate_verilog(params, progress=None):
     return verilog_path
 
 
+@contextlib.contextmanager
+def _locked(directory):
+    """One builder per build directory at a time (parallel test workers, a demo)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_simulator(params, progress=None):
     """Verilate the core for ``params``; return the runner and build directory."""
+    with _locked(build_dir(params)):
+        return _build_simulator(params, progress)
+
+
+def _build_simulator(params, progress):
     ensure_verilator()
     from cocotb_tools.runner import get_runner
     verilog_path = generate_verilog(params, progress)

@@ -39,7 +39,6 @@ def _flat_widths(core, flow):
                if member.flow == flow)
 
 
-@pytest.mark.slow    # real core: ~8 min on 2 cores, nearly all of it RTLIL conversion
 def test_core_synth_nontrivial(tmp_path):
     cells = synth_core(None, tmp_path, progress=lambda _msg: None)
     assert cells.get("LUT4", 0) >= MIN_CORE_LUT4, cells
@@ -171,7 +170,6 @@ def test_coverage_check_rejects_a_gutted_core():
         check_coverage(dict(board_ok, TRELLIS_FF=800), core, harness_flops=150)
 
 
-@pytest.mark.slow    # real core: ~10 min on 2 cores (stand-in core: 10 s)
 def test_full_board_build(tmp_path):
     """Place and route the Versa top: a bitstream, timing met, whole core present."""
     result = build(None, tmp_path, progress=lambda _msg: None)

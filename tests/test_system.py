@@ -1,11 +1,10 @@
 """cocotb + Verilator system tests, one simulator run per build parameter set."""
-import xml.etree.ElementTree as ET
-
 import pytest
 
 from hdl import spec
 from hdl.top import CoreParams, implemented_features
 from sim.build import run_cocotb
+from sim.tests_results import cases, failed_cases
 
 pytestmark = pytest.mark.system
 
@@ -13,18 +12,11 @@ DEFAULT_CASES = ["enumeration", "probe", "features_ok_refused_for_unoffered_feat
                  "reset_mid_way", "unsupported_requests"]
 
 
-def failures(results_xml):
-    tree = ET.parse(results_xml)
-    cases = list(tree.iter("testcase"))
-    failed = [c.get("name") for c in cases if c.find("failure") is not None or c.find("error") is not None]
-    return cases, failed
-
-
-def run(params, cases):
-    results = run_cocotb(params, "sim.cocotb_tests.system", cases)
-    ran, failed = failures(results)
-    assert len(ran) == len(cases), f"ran {len(ran)} of {len(cases)} cocotb tests"
-    assert not failed, f"cocotb tests failed: {failed}"
+def run(params, testcases):
+    results = run_cocotb(params, "sim.cocotb_tests.system", testcases)
+    ran = cases(results)
+    assert len(ran) == len(testcases), f"ran {len(ran)} of {len(testcases)} cocotb tests"
+    assert not failed_cases(results), f"cocotb tests failed: {failed_cases(results)}"
 
 
 def test_default_device():
