@@ -102,23 +102,7 @@ def validate_features(device_features: int) -> list[str]:
     return problems
 
 
-# Feature bit -> name, device-independent and virtio-net bits together.
-FEATURE_NAMES: dict[int, str] = {
-    int(member): name
-    for enum_cls in (VirtioF, VirtioNetF)
-    for name, member in enum_cls.__members__.items()
-}
-
-
-def feature_names(features: int) -> list[str]:
-    """Names of the set feature bits, lowest first (BITn for unknown bits).
-
-    Local because hdl.spec.feature_names() returns None for the virtio-net
-    bits: VirtioF(flag) does not raise for bits outside VirtioF (IntFlag's
-    KEEP boundary), so it never tries VirtioNetF.
-    """
-    return [FEATURE_NAMES.get(1 << bit, f"BIT{bit}")
-            for bit in range(64) if features >> bit & 1]
+feature_names = spec.feature_names
 
 
 def format_features(features: int) -> str:

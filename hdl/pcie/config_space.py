@@ -40,6 +40,11 @@ class Dword:
     rw: int = 0
     rw1c: int = 0
 
+    def __post_init__(self):
+        # plain ints: an IntFlag would become a constant of its enum's width,
+        # which drops the bits of multi-bit fields such as MRRS (14:12)
+        self.init, self.rw, self.rw1c = int(self.init), int(self.rw), int(self.rw1c)
+
 
 class Capability:
     """A capability structure: ``size`` bytes, DW aligned.
@@ -160,22 +165,21 @@ class ConfigSpace(wiring.Component):
             else:
                 regs.append(Const(dw.init, 32))
 
+        # Bits the device's hardware sets (RW1C status bits); a set wins over
+        # the host's clear in the same cycle, and the host's write still lands.
+        devctl_dw = self._pcie_dw + spec.PcieCap.DEVCTL // 4
+        hw_set = {devctl_dw: self.ur_detected.replicate(32) & (spec.PcieDevSta.UR_DETECTED << 16)}
+
         # Host writes.
         write_mask = byte_mask(self.bus.be)
         for index, dw in enumerate(self.dws):
             if not (dw.rw or dw.rw1c):
                 continue
             reg = regs[index]
-            with m.If(self.bus.w_stb & (self.bus.addr == index)):
-                rw = write_mask & dw.rw
-                clear = write_mask & self.bus.w_data & dw.rw1c
-                m.d.sync += reg.eq((reg & ~rw & ~clear) | (self.bus.w_data & rw))
-
-        # Hardware sets an RW1C bit (after the host's write, so a set wins).
-        devsta_ur = spec.PcieDevSta.UR_DETECTED << 16
-        devctl_dw = self._pcie_dw + spec.PcieCap.DEVCTL // 4
-        with m.If(self.ur_detected):
-            m.d.sync += regs[devctl_dw].eq(regs[devctl_dw] | devsta_ur)
+            written = self.bus.w_stb & (self.bus.addr == index)
+            rw = write_mask & dw.rw & written.replicate(32)
+            clear = write_mask & self.bus.w_data & dw.rw1c & written.replicate(32)
+            m.d.sync += reg.eq((reg & ~rw & ~clear) | (self.bus.w_data & rw) | hw_set.get(index, 0))
 
         # Host reads: one cycle after the strobe.
         with m.If(self.bus.r_stb):

@@ -26,7 +26,7 @@ class TxArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         grant = Signal(range(self.n))
-        locked = Signal()            # inside a TLP of the granted source
+        locked = Signal()            # inside a TLP of the granted source, or offering it
         current = Signal(range(self.n))
         # Pick the next requester after the last granted one (round robin).
         with m.If(locked):
@@ -53,4 +53,7 @@ class TxArbiter(wiring.Component):
                 grant.eq(current),
                 locked.eq(~self.o.payload.last),
             ]
+        with m.Elif(self.o.valid):
+            # offered but not taken: keep offering the same DW (stream rule)
+            m.d.sync += [grant.eq(current), locked.eq(1)]
         return m
