@@ -162,3 +162,29 @@ def test_lone_source_gets_through():
     out, _, cycles = run(queues, rng, p_valid=1.0, p_gap=0.0, p_ready=1.0)
     check_no_interleave(out, queues)
     assert cycles == len(out)
+
+
+def test_offered_dw_stays_until_taken():
+    """Stream rule: once the output offers a DW, it does not switch source before the
+    transfer, even when a source the round robin prefers becomes valid."""
+    dut = TxArbiter(N)
+
+    async def tb(ctx):
+        ctx.set(dut.o.ready, 0)
+        ctx.set(dut.i[2].valid, 1)
+        ctx.set(dut.i[2].payload, {"data": tag(2, 0, 0), "first": 1, "last": 1})
+        await ctx.tick()
+        assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload.data) == tag(2, 0, 0)
+        # source 1 comes right after the last grant (0) in round-robin order: it would win
+        ctx.set(dut.i[1].valid, 1)
+        ctx.set(dut.i[1].payload, {"data": tag(1, 0, 0), "first": 1, "last": 1})
+        for _ in range(3):
+            await ctx.tick()
+            assert ctx.get(dut.o.payload.data) == tag(2, 0, 0)
+        ctx.set(dut.o.ready, 1)
+        assert ctx.get(dut.i[2].ready) and not ctx.get(dut.i[1].ready)
+        await ctx.tick()
+        ctx.set(dut.i[2].valid, 0)
+        assert ctx.get(dut.o.payload.data) == tag(1, 0, 0)
+
+    simulate(dut, tb)
