@@ -13,7 +13,7 @@ for tests that need a device advertising something else.
 """
 import dataclasses
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Mux
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -32,6 +32,7 @@ from .virtio.transport import VirtioPciTransport
 __all__ = ["CoreParams", "VirtioNetCore", "implemented_features"]
 
 DEFAULT_MAC = bytes.fromhex("02005e100001")      # locally administered
+MAX_QUEUE_PAIRS = 127                             # 255 MSI-X vectors: 4080 bytes of table
 
 
 def implemented_features():
@@ -47,6 +48,13 @@ class CoreParams:
     mac: bytes = DEFAULT_MAC
     mtu: int = spec.ETH_DATA_LEN
     features: int | None = None        # None: implemented_features()
+
+    def __post_init__(self):
+        # the MSI-X table (16 bytes a vector) must fit its 4 KiB page in BAR0
+        if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
+            raise ValueError(f"queue_pairs {self.queue_pairs} out of range 1..{MAX_QUEUE_PAIRS}")
+        if self.queue_size_max & (self.queue_size_max - 1) or not 1 <= self.queue_size_max <= 32768:
+            raise ValueError(f"queue_size_max {self.queue_size_max}: a power of two up to 32768")
 
     @property
     def device_features(self):
@@ -87,7 +95,7 @@ class VirtioNetCore(wiring.Component):
             queue_size_max=params.queue_size_max, msix_vectors=params.msix_vectors,
             device_cfg_size=spec.VIRTIO_NET_CFG_SIZE, device_cfg_addr_width=DEVICE_CFG_ADDR_WIDTH,
             layout=layout)
-        pcie_cap = PciExpressCapability()
+        self.config_space_pcie_cap = pcie_cap = PciExpressCapability()
         header = ConfigHeader(
             vendor_id=spec.VIRTIO_PCI_VENDOR_ID, device_id=spec.VIRTIO_NET_PCI_DEVICE_ID,
             revision=spec.VIRTIO_PCI_REVISION, class_code=spec.PCI_CLASS_NETWORK_ETHERNET,
@@ -123,6 +131,11 @@ class VirtioNetCore(wiring.Component):
         connect(m, transport.device_cfg, device_cfg.bus)
         connect(m, transport.doorbell, wiring.flipped(self.notify))
 
+        # Max_Payload_Size as programmed, but never above what DevCap offers.
+        mps_field = config_space.devctl[spec.PCIE_DEVCTL_MPS_SHIFT:][:3]
+        mps_supported = self.config_space_pcie_cap.mps_code
+        mps = Mux(mps_field > mps_supported, mps_supported, mps_field)
+
         # No DMA requester yet (ring engine issue): completions have no
         # reader, so they are taken and dropped rather than stall the link.
         m.d.comb += demux.cpl.ready.eq(1)
@@ -130,7 +143,7 @@ class VirtioNetCore(wiring.Component):
         m.d.comb += [
             completer.memory_enable.eq((config_space.command & spec.PciCommand.MEMORY_SPACE) != 0),
             completer.bar0.eq(config_space.bar0),
-            completer.mps.eq(config_space.devctl[spec.PCIE_DEVCTL_MPS_SHIFT:][:3]),
+            completer.mps.eq(mps),
             completer.window_bar.eq(config_space.window_bar),
             completer.window_offset.eq(config_space.window_offset),
             completer.window_length.eq(config_space.window_length),

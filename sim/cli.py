@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hdl import spec
-from hdl.top import CoreParams
+from hdl.top import MAX_QUEUE_PAIRS, CoreParams
 
 __all__ = ["main"]
 
@@ -111,8 +111,8 @@ def main(argv=None):
     build.set_defaults(func=cmd_build)
 
     args = parser.parse_args(argv)
-    if getattr(args, "pairs", None) is not None and not 1 <= args.pairs <= 0x8000:
-        parser.error(f"--pairs must be 1 to {0x8000}")
+    if getattr(args, "pairs", None) is not None and not 1 <= args.pairs <= MAX_QUEUE_PAIRS:
+        parser.error(f"--pairs must be 1 to {MAX_QUEUE_PAIRS} (the MSI-X table fills one 4 KiB page)")
     return args.func(args)
 
 

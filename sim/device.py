@@ -31,9 +31,9 @@ def _unpack_beat(value):
 class CoreDevice(Device):
     """Moves packed TLPs: RootComplex -> ``tlp_rx``; ``tlp_tx`` -> RootComplex.
 
-    ``tx_stall_cycles`` idles ``tlp_tx.ready`` this many cycles between TLPs,
-    to put back-pressure on the core. Every TLP the core sends is also kept in
-    ``sent`` (packed), for tests that look at completions' fields.
+    Every TLP the core sends is also kept in ``sent`` (packed), for tests that
+    look at completions' fields. ``tlp_tx.ready`` is held high: the root
+    complex model takes TLPs as they come.
     """
 
     def __init__(self, dut, *args, **kwargs):

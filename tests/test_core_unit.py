@@ -275,3 +275,33 @@ def test_device_config_isr_notify_and_cfg_window():
         await host.cfg_write(window + spec.VirtioPciCap.PCI_CFG_DATA, spec.VirtioStatus.ACKNOWLEDGE)
         assert await read_le(host, BAR + L.common + C.DEVICE_STATUS, 1) == spec.VirtioStatus.ACKNOWLEDGE
     run(tb, params)
+
+
+def test_reading_another_byte_of_the_isr_dword_does_not_clear_it():
+    """Byte enables reach the registers on reads: ISR clears only when byte 0 is read."""
+    async def tb(host, core):
+        await enable_bar(host)
+        host.ctx.set(core.link_up, 1)                       # a config change sets ISR bit 1
+        await host.ctx.tick().repeat(3)
+        assert await read_le(host, BAR + L.isr + 1, 1) == 0
+        assert await read_le(host, BAR + L.isr, 1) == spec.VirtioIsr.CONFIG
+        assert await read_le(host, BAR + L.isr, 1) == 0
+    run(tb)
+
+
+def test_completions_never_exceed_the_supported_max_payload():
+    """Device Control's MPS field set above Device Capabilities' 256 bytes is capped."""
+    async def tb(host, core):
+        await enable_bar(host)
+        devctl = await host.cfg_read(PCIE_CAP + spec.PcieCap.DEVCTL) & 0xFFFF
+        devctl |= spec.PcieDevCtl.MPS_MASK                   # 4096 bytes, more than offered
+        await host.cfg_write(PCIE_CAP + spec.PcieCap.DEVCTL, devctl, be=0b0011)
+        _, cpls = await host.mem_read(BAR + L.msix_table, 512)
+        assert max(c.length * 4 for c in cpls) == 256 and len(cpls) == 2
+    run(tb)
+
+
+@pytest.mark.parametrize("bad", [dict(queue_pairs=0), dict(queue_pairs=128), dict(queue_size_max=96)])
+def test_bad_build_parameters_are_refused(bad):
+    with pytest.raises(ValueError):
+        CoreParams(**bad)

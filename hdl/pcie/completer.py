@@ -97,7 +97,6 @@ class Completer(wiring.Component):
         read_addr = Signal(62)        # DW address of the next BAR read
         dws_left = Signal(11)         # DWs of the request still to complete
         in_cpl = Signal(11)           # DWs still to send in this completion
-        write_be = Signal(4)
 
         # Byte count and first byte of a read (section 2.3.1.1, table 2-39).
         first_be, last_be = dw1.first_be, dw1.last_be
@@ -121,6 +120,10 @@ class Completer(wiring.Component):
                     with m.Case(be):
                         m.d.comb += last_bytes.eq(be.bit_length())
             m.d.comb += span_bytes.eq((length << 2) - first_offset - (4 - last_bytes))
+
+        # Byte enables of the DW at hand: First DW BE, Last DW BE, all between.
+        dw_be = Signal(4)
+        m.d.comb += dw_be.eq(Mux(dws_left == length, first_be, Mux(dws_left == 1, last_be, 0b1111)))
 
         # DWs from a DW address to the next Max_Payload_Size boundary.
         mps_dw = Signal(11)
@@ -230,7 +233,7 @@ class Completer(wiring.Component):
                             m.next = "UNSUPPORTED"
                     with m.Case(_FT.MWR32, _FT.MWR64):
                         with m.If(hits_bar):
-                            m.d.sync += [read_addr.eq(address[2:]), write_be.eq(first_be)]
+                            m.d.sync += read_addr.eq(address[2:])
                             m.next = "MEM_WRITE"
                         with m.Else():
                             m.next = "UNSUPPORTED"
@@ -284,7 +287,8 @@ class Completer(wiring.Component):
                 m.next = "DRAIN"
 
             with m.State("MEM_READ"):
-                m.d.comb += [self.bar.r_stb.eq(1), self.bar.be.eq(0b1111)]
+                # byte enables reach the registers: a read-to-clear byte clears only if read
+                m.d.comb += [self.bar.r_stb.eq(1), self.bar.be.eq(dw_be)]
                 m.next = "MEM_READ_DATA"
 
             with m.State("MEM_READ_DATA"):
@@ -298,20 +302,17 @@ class Completer(wiring.Component):
                 with m.Else():
                     m.d.comb += req.ready.eq(1)
                     with m.If(req.valid):
-                        last_dw = dws_left == 1
-                        be = Mux(last_dw & (length != 1), last_be, write_be)
                         m.d.comb += [
                             self.bar.w_stb.eq(1),
-                            self.bar.be.eq(be),
+                            self.bar.be.eq(dw_be),
                             self.bar.w_data.eq(req.payload.data),
                         ]
                         m.d.sync += [
                             read_addr.eq(read_addr + 1),
                             dws_left.eq(dws_left - 1),
-                            write_be.eq(0b1111),
                             seen_last.eq(req.payload.last),
                         ]
-                        with m.If(last_dw):
+                        with m.If(dws_left == 1):
                             m.next = "DRAIN_THEN_IDLE"
 
             # --- errors ---------------------------------------------------
