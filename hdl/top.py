@@ -6,6 +6,7 @@
                                         |               +-- NetDeviceConfig
                                         +-> cpl: (DMA requester: next issue)
     tlp_tx <- DwordPacker <- TxArbiter <- Completer completions
+                                       <- MSI-X messages (config change)
 
 Build parameters are a `CoreParams`. The device offers only the features it
 implements (`implemented_features`); `CoreParams.features` overrides that,
@@ -117,13 +118,14 @@ class VirtioNetCore(wiring.Component):
         m.submodules.config_space = config_space = self.config_space
         m.submodules.transport = transport = self.transport
         m.submodules.device_cfg = device_cfg = self.device_cfg
-        m.submodules.arbiter = arbiter = TxArbiter(1)
+        m.submodules.arbiter = arbiter = TxArbiter(2)
         m.submodules.packer = packer = DwordPacker()
 
         connect(m, wiring.flipped(self.tlp_rx), unpacker.i)
         connect(m, unpacker.o, demux.i)
         connect(m, demux.req, completer.req)
         connect(m, completer.cpl, arbiter.i[0])
+        connect(m, transport.msix_msg, arbiter.i[1])
         connect(m, arbiter.o, packer.i)
         connect(m, packer.o, wiring.flipped(self.tlp_tx))
         connect(m, completer.cfg, config_space.bus)
@@ -149,6 +151,13 @@ class VirtioNetCore(wiring.Component):
             completer.window_length.eq(config_space.window_length),
             config_space.ur_detected.eq(completer.ur_detected),
             device_cfg.link_up.eq(self.link_up),
+            transport.msix_enable.eq((config_space.msix_control & spec.MsixControl.ENABLE) != 0),
+            transport.msix_function_mask.eq(
+                (config_space.msix_control & spec.MsixControl.FUNCTION_MASK) != 0),
+            transport.bus_master.eq((config_space.command & spec.PciCommand.BUS_MASTER) != 0),
+            transport.requester_id.eq(completer.completer_id),
+            # no ring engine yet: no used buffer notifications
+            transport.used_notify.eq(0),
             transport.config_changed.eq(device_cfg.changed),
         ]
         return m

@@ -66,6 +66,7 @@ class TB:
             vectors = self.params.msix_vectors
             await self.function.alloc_irq_vectors(vectors, vectors)
             self.transport.msix_enabled = True
+            self.transport.count_interrupts()
         return self.function
 
     def _find_function(self):

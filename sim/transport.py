@@ -17,6 +17,7 @@ class CocotbPcieTransport(Transport):
         self.mem_base = mem_base
         self._next_free = 0
         self.msix_enabled = False
+        self.interrupts = []
 
     async def config_read(self, offset, size):
         data = await self.function.config_read(offset, size)
@@ -59,7 +60,17 @@ class CocotbPcieTransport(Transport):
     def msix_vectors_available(self):
         return len(self.function.msi_vectors) if self.msix_enabled else 0
 
+    def count_interrupts(self):
+        """Start counting MSI-X messages per vector (after the vectors are allocated)."""
+        self.interrupts = [0] * len(self.function.msi_vectors)
+        for index, vector in enumerate(self.function.msi_vectors):
+            async def seen(index=index):
+                self.interrupts[index] += 1
+            vector.cb.append(seen)
+
     async def wait_interrupt(self, vector, timeout_ns):
-        event = self.function.msi_get_event(vector)
+        # cocotbext-pcie 0.2.16's PciDevice.msi_get_event calls a RootComplex
+        # method that does not exist: use the vector's own event.
+        event = self.function.msi_vectors[vector].event
         event.clear()
         await with_timeout(event.wait(), timeout_ns, "ns")

@@ -334,18 +334,73 @@ def test_msix_table_byte_enables_against_model():
     simulate(dut, tb)
 
 
-def test_msix_pba_reads_pending():
+async def collect_message(ctx, dut, timeout=40):
+    """The next MSI-X message as a cocotbext-pcie Tlp (the sink is always ready)."""
+    from cocotbext.pcie.core.tlp import Tlp
+    from sim.tlp_codec import dwords_to_tlp
+    ctx.set(dut.msg.ready, 1)
+    dws = []
+    for _ in range(timeout):
+        if ctx.get(dut.msg.valid):
+            dws.append(ctx.get(dut.msg.payload.data))
+            if ctx.get(dut.msg.payload.last):
+                await ctx.tick()
+                return Tlp.unpack(dwords_to_tlp(dws))
+        await ctx.tick()
+    return None
+
+
+async def raise_vectors(ctx, dut, mask):
+    ctx.set(dut.raise_, mask)
+    await ctx.tick()
+    ctx.set(dut.raise_, 0)
+
+
+def test_msix_pending_masked_vectors_and_messages():
+    from cocotbext.pcie.core.tlp import TlpType
     dut = MsixTable(VECTORS, 5, 1)
+    requester = 0x0100
 
     async def tb(ctx):
-        for pending in (0b10110, 0b00001, 0b11111, 0):
-            ctx.set(dut.pending, pending)
-            assert await bus_read(ctx, dut.pba, 0) == pending
-            assert await bus_read(ctx, dut.pba, 1) == 0             # no second PBA DW
-        # writes do not change it
-        ctx.set(dut.pending, 0b01001)
-        await bus_write(ctx, dut.pba, 0, 0xFFFFFFFF)
-        assert await bus_read(ctx, dut.pba, 0) == 0b01001
+        ctx.set(dut.requester_id, requester)
+        # vector 1: 32-bit address; vector 3: 64-bit address
+        for vector, addr, data in ((1, 0xFEE0_1000, 0x41), (3, 0x1_2345_6780, 0x43)):
+            base = vector * 4
+            await bus_write(ctx, dut.table, base + 0, addr & 0xFFFFFFFF)
+            await bus_write(ctx, dut.table, base + 1, addr >> 32)
+            await bus_write(ctx, dut.table, base + 2, data)
+        # raised while MSI-X is off: pending, nothing sent; the PBA ignores writes
+        await raise_vectors(ctx, dut, 0b01010)
+        assert await bus_read(ctx, dut.pba, 0) == 0b01010
+        await bus_write(ctx, dut.pba, 0, 0)
+        assert await bus_read(ctx, dut.pba, 0) == 0b01010
+        assert await collect_message(ctx, dut, timeout=10) is None
+        # enabled, but every vector is still masked; then bus master off
+        ctx.set(dut.enable, 1)
+        assert await collect_message(ctx, dut, timeout=10) is None
+        await bus_write(ctx, dut.table, 1 * 4 + 3, 0)          # unmask vector 1
+        assert await collect_message(ctx, dut, timeout=10) is None   # no bus master yet
+        ctx.set(dut.bus_master, 1)
+        msg = await collect_message(ctx, dut)
+        assert msg.fmt_type == TlpType.MEM_WRITE and msg.address == 0xFEE0_1000
+        assert msg.length == 1 and msg.first_be == 0xF and bytes(msg.data) == (0x41).to_bytes(4, "little")
+        assert int(msg.requester_id) == requester
+        assert await bus_read(ctx, dut.pba, 0) == 0b01000      # vector 3 still waits, masked
+        assert await collect_message(ctx, dut, timeout=10) is None
+        # the function mask holds everything back, unmasking vector 3 alone does not send
+        ctx.set(dut.function_mask, 1)
+        await bus_write(ctx, dut.table, 3 * 4 + 3, 0)
+        assert await collect_message(ctx, dut, timeout=10) is None
+        ctx.set(dut.function_mask, 0)
+        msg = await collect_message(ctx, dut)
+        assert msg.fmt_type == TlpType.MEM_WRITE_64 and msg.address == 0x1_2345_6780
+        assert bytes(msg.data) == (0x43).to_bytes(4, "little")
+        assert await bus_read(ctx, dut.pba, 0) == 0
+        # a vector raised twice before it is sent goes out once
+        await raise_vectors(ctx, dut, 0b00010)
+        await raise_vectors(ctx, dut, 0b00010)
+        assert (await collect_message(ctx, dut)).address == 0xFEE0_1000
+        assert await collect_message(ctx, dut, timeout=10) is None
 
     simulate(dut, tb)
 

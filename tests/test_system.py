@@ -8,7 +8,8 @@ from sim.tests_results import cases, failed_cases
 
 pytestmark = pytest.mark.system
 
-DEFAULT_CASES = ["enumeration", "probe", "features_ok_refused_for_unoffered_feature",
+DEFAULT_CASES = ["enumeration", "probe", "config_change_interrupt",
+                 "features_ok_refused_for_unoffered_feature",
                  "reset_mid_way", "unsupported_requests"]
 
 

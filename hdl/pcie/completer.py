@@ -47,6 +47,7 @@ class Completer(wiring.Component):
         mps:     In(3), Device Control's Max_Payload_Size field.
         window_bar, window_offset, window_length: In, the virtio PCI cfg window.
         ur_detected: Out(1), pulse per Unsupported Request.
+        completer_id: Out(16), this function's bus/device/function number.
     """
 
     def __init__(self, *, bar_size, window_data_dw):
@@ -65,6 +66,7 @@ class Completer(wiring.Component):
             "window_offset": In(32),
             "window_length": In(32),
             "ur_detected": Out(1),
+            "completer_id": Out(16),
         })
 
     def elaborate(self, platform):
@@ -77,6 +79,7 @@ class Completer(wiring.Component):
         dw3 = Signal(32)
         seen_last = Signal()          # the request's last DW was taken
         my_id = Signal(16)            # bus/device/function, learnt from config requests
+        m.d.comb += self.completer_id.eq(my_id)
 
         fmt_type = dw0.as_value()[24:32]
         is_4dw = (dw0.fmt == Fmt.DW4_DATA) | (dw0.fmt == Fmt.DW4_NODATA)

@@ -11,16 +11,16 @@ Table in a BAR, 16 bytes a vector:
     +0x0 Message Address | +0x4 Message Upper Address | +0x8 Message Data
     +0xC Vector Control (bit 0: masked; masked after reset)
 
-The PBA holds a pending bit per vector. Sending messages comes with the ring
-engine; until then no vector becomes pending.
+The PBA holds a pending bit per vector.
 """
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .. import spec
 from .config_space import Capability, Dword
+from .tlp import DwordStreamSignature, RequestDw1, TlpDw0
 
 __all__ = ["MsixCapability", "MsixTable"]
 
@@ -53,12 +53,23 @@ class MsixCapability(Capability):
 
 
 class MsixTable(wiring.Component):
-    """The MSI-X table (in block RAM) and PBA as BAR register windows.
+    """The MSI-X table (RAM) and PBA as BAR register windows, and the sender
+    that turns a raised vector into its message (PCI 3.0 section 6.8.3.4).
+
+    A raised vector becomes pending. A pending vector is sent when MSI-X is
+    enabled, the function is not masked, its own Vector Control mask bit is
+    clear and bus mastering is on: a one-DW memory write of Message Data to
+    Message Address, after which the pending bit clears. A masked vector stays
+    pending in the PBA and is sent once unmasked.
 
     Ports:
-        table: In(RegisterBusSignature), the table's window in the BAR.
-        pba:   In(RegisterBusSignature), the PBA's window in the BAR.
-        pending: In(vectors), pending bits, shown in the PBA.
+        table:   In(RegisterBusSignature), the table's window in the BAR.
+        pba:     In(RegisterBusSignature), the PBA's window in the BAR (read only).
+        raise_:  In(vectors), pulse per vector: an interrupt event.
+        enable, function_mask: In(1), from the capability's Message Control.
+        bus_master: In(1), Command.BUS_MASTER: no message without it.
+        requester_id: In(16), this function's ID, for the message's header.
+        msg:     Out(DwordStreamSignature), memory write TLPs to the TX arbiter.
     """
 
     def __init__(self, vectors, table_addr_width, pba_addr_width):
@@ -71,7 +82,12 @@ class MsixTable(wiring.Component):
         super().__init__({
             "table": In(RegisterBusSignature(table_addr_width)),
             "pba": In(RegisterBusSignature(pba_addr_width)),
-            "pending": In(vectors),
+            "raise_": In(vectors),
+            "enable": In(1),
+            "function_mask": In(1),
+            "bus_master": In(1),
+            "requester_id": In(16),
+            "msg": Out(DwordStreamSignature),
         })
 
     def elaborate(self, platform):
@@ -94,11 +110,99 @@ class MsixTable(wiring.Component):
             write.en.eq(self.table.be & (self.table.w_stb & in_table).replicate(4)),
         ]
 
+        # Each vector's mask bit, shadowed from table writes so the sender
+        # need not read every entry to find one it may send.
+        masked = Signal(self.vectors, init=(1 << self.vectors) - 1)
+        control_dw = _DW_PER_ENTRY - 1
+        for vector in range(self.vectors):
+            with m.If(self.table.w_stb & self.table.be[0]
+                      & (self.table.addr == vector * _DW_PER_ENTRY + control_dw)):
+                m.d.sync += masked[vector].eq(self.table.w_data[0])
+
+        pending = Signal(self.vectors)
+        sent = Signal(self.vectors)
+        m.d.sync += pending.eq((pending & ~sent) | self.raise_)
+
         # PBA: read only.
-        words = [self.pending[n:n + 32] for n in range(0, self.vectors, 32)]
+        words = [pending[n:n + 32] for n in range(0, self.vectors, 32)]
         with m.If(self.pba.r_stb):
             m.d.sync += self.pba.r_data.eq(0)
             for index, word in enumerate(words):
                 with m.If(self.pba.addr == index):
                     m.d.sync += self.pba.r_data.eq(word)
+
+        # --- sender ---------------------------------------------------------
+        sendable = pending & ~masked
+        allowed = self.enable & ~self.function_mask & self.bus_master
+        vector = Signal(range(self.vectors))
+        lowest = Signal(range(self.vectors))
+        for v in reversed(range(self.vectors)):
+            with m.If(sendable[v]):
+                m.d.comb += lowest.eq(v)
+        entry = Signal(range(len(init)))
+        m.d.comb += entry.eq(vector * _DW_PER_ENTRY)
+        fetch = mem.read_port()
+        address = Signal(64)
+        message_data = Signal(32)
+        is_64 = address[32:] != 0
+        msg = self.msg
+
+        with m.FSM(name="msix_sender"):
+            with m.State("IDLE"):
+                with m.If(allowed & (sendable != 0)):
+                    m.d.sync += vector.eq(lowest)
+                    m.next = "FETCH_ADDR_LO"
+            for index, (state, field, nxt) in enumerate((
+                    ("FETCH_ADDR_LO", None, "FETCH_ADDR_HI"),
+                    ("FETCH_ADDR_HI", address[:32], "FETCH_DATA"),
+                    ("FETCH_DATA", address[32:], "FETCH_DONE"),
+                    ("FETCH_DONE", message_data, "SEND_DW0"))):
+                with m.State(state):
+                    if index < 3:
+                        m.d.comb += [fetch.addr.eq(entry + index), fetch.en.eq(1)]
+                    if field is not None:
+                        m.d.sync += field.eq(fetch.data)
+                    m.next = nxt
+
+            with m.State("SEND_DW0"):
+                dw0 = Signal(TlpDw0)
+                m.d.comb += [
+                    dw0.fmt.eq(Mux(is_64, spec.TlpFmt.DW4_DATA, spec.TlpFmt.DW3_DATA)),
+                    dw0.type.eq(spec.TlpFmtType.MWR32 & 0x1F),
+                    dw0.length.eq(1),
+                    msg.valid.eq(1),
+                    msg.payload.data.eq(dw0),
+                    msg.payload.first.eq(1),
+                ]
+                with m.If(msg.ready):
+                    m.next = "SEND_DW1"
+            with m.State("SEND_DW1"):
+                dw1 = Signal(RequestDw1)
+                m.d.comb += [
+                    dw1.first_be.eq(0b1111),
+                    dw1.requester_id.eq(self.requester_id),
+                    msg.valid.eq(1),
+                    msg.payload.data.eq(dw1),
+                ]
+                with m.If(msg.ready):
+                    m.next = "SEND_ADDR_HI"
+            with m.State("SEND_ADDR_HI"):
+                # 4-DW header: upper address first; 3-DW header: skip it
+                with m.If(is_64):
+                    m.d.comb += [msg.valid.eq(1), msg.payload.data.eq(address[32:])]
+                    with m.If(msg.ready):
+                        m.next = "SEND_ADDR_LO"
+                with m.Else():
+                    m.next = "SEND_ADDR_LO"
+            with m.State("SEND_ADDR_LO"):
+                m.d.comb += [msg.valid.eq(1), msg.payload.data.eq(address[2:32] << 2)]
+                with m.If(msg.ready):
+                    m.next = "SEND_DATA"
+            with m.State("SEND_DATA"):
+                m.d.comb += [msg.valid.eq(1), msg.payload.data.eq(message_data),
+                             msg.payload.last.eq(1)]
+                with m.If(msg.ready):
+                    for v in range(self.vectors):
+                        m.d.comb += sent[v].eq(vector == v)
+                    m.next = "IDLE"
         return m

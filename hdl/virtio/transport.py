@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out, connect
 from .. import spec
 from ..pcie.msix import MsixCapability, MsixTable
 from ..pcie.register_bus import RegisterBusSignature, RegisterDecoder
+from ..pcie.tlp import DwordStreamSignature
 from .bar_layout import BarLayout
 from .common_cfg import COMMON_CFG_ADDR_WIDTH, CommonConfig, QueueConfig
 from .isr import IsrStatus
@@ -39,7 +40,14 @@ class VirtioPciTransport(wiring.Component):
         device_reset: Out(1), pulse: the driver reset the device.
         config_changed: In(1), pulse from the device cfg.
         needs_reset: In(1), pulse: set DEVICE_NEEDS_RESET.
-        queue_interrupt: In(1), pulse: set ISR bit 0.
+        used_notify: In(num_queues), pulse per queue: a used buffer
+                     notification (raises the queue's vector; ISR bit 0 without MSI-X).
+        msix_msg:    Out(DwordStreamSignature), MSI-X messages for the TX arbiter.
+        msix_enable, msix_function_mask, bus_master, requester_id: In, from config space.
+
+    A configuration change raises config_msix_vector, a used buffer
+    notification the queue's vector (virtio 1.2 section 4.1.5.3, 4.1.5.4);
+    VIRTIO_MSI_NO_VECTOR raises none.
     """
 
     def __init__(self, *, device_features, num_queues, queue_size_max, msix_vectors,
@@ -64,7 +72,12 @@ class VirtioPciTransport(wiring.Component):
             "device_reset": Out(1),
             "config_changed": In(1),
             "needs_reset": In(1),
-            "queue_interrupt": In(1),
+            "used_notify": In(num_queues),
+            "msix_msg": Out(DwordStreamSignature),
+            "msix_enable": In(1),
+            "msix_function_mask": In(1),
+            "bus_master": In(1),
+            "requester_id": In(16),
         })
 
     def _capabilities(self, device_cfg_size):
@@ -112,11 +125,27 @@ class VirtioPciTransport(wiring.Component):
             self.device_reset.eq(common.reset),
             common.config_changed.eq(self.config_changed),
             common.needs_reset.eq(self.needs_reset),
-            isr.queue.eq(self.queue_interrupt),
-            isr.config.eq(self.config_changed),
+            # ISR is the INTx path: with MSI-X enabled the vector is the
+            # notification and ISR is left alone (virtio 1.2 section 4.1.5.3, 4.1.5.4)
+            isr.queue.eq((self.used_notify != 0) & ~self.msix_enable),
+            isr.config.eq(self.config_changed & ~self.msix_enable),
             isr.reset.eq(common.reset),
             notify.reset.eq(common.reset),
         ]
         for q in range(self.num_queues):
             m.d.comb += self.queues[q].eq(common.queues[q])
+
+        # Events to MSI-X vectors.
+        connect(m, msix.msg, wiring.flipped(self.msix_msg))
+        m.d.comb += [
+            msix.enable.eq(self.msix_enable),
+            msix.function_mask.eq(self.msix_function_mask),
+            msix.bus_master.eq(self.bus_master),
+            msix.requester_id.eq(self.requester_id),
+        ]
+        for v in range(self.msix_vectors):
+            events = self.config_changed & (common.config_msix_vector == v)
+            for q in range(self.num_queues):
+                events = events | (self.used_notify[q] & (common.queues[q].msix_vector == v))
+            m.d.comb += msix.raise_[v].eq(events)
         return m

@@ -4,6 +4,7 @@ Run through tests/test_system.py (pytest), one simulator process per build
 parameter set.
 """
 import cocotb
+from cocotb.triggers import RisingEdge
 from cocotbext.pcie.core.tlp import CplStatus, Tlp, TlpType
 
 from driver.virtio_net import VirtioNet, VirtioNetProbeError
@@ -62,6 +63,46 @@ async def probe(dut):
     assert not await net.pci.config_read16(spec.VirtioNetCfg.STATUS) & spec.VirtioNetS.LINK_UP
     await net.remove()
     assert await net.pci.get_status() == 0
+
+
+@cocotb.test()
+async def config_change_interrupt(dut):
+    """A link change is an MSI-X message on the config vector; masked, it waits in the PBA."""
+    tb = TB(dut)
+    await tb.init()
+    net = VirtioNet(tb.transport)
+    await net.probe()
+    assert net.msix
+    vector = await net.pci.common.read16(spec.VirtioCommonCfg.CONFIG_MSIX_VECTOR)
+    assert vector != spec.VIRTIO_MSI_NO_VECTOR
+    counts = tb.transport.interrupts
+    before = list(counts)
+
+    waiter = cocotb.start_soon(tb.transport.wait_interrupt(vector, 2000))
+    dut.link_up.value = 0
+    await waiter
+    assert counts[vector] == before[vector] + 1
+    assert sum(counts) == sum(before) + 1, "another vector fired too"
+    assert not await net.pci.config_read16(spec.VirtioNetCfg.STATUS) & spec.VirtioNetS.LINK_UP
+    assert await net.pci.read_isr() == 0, "ISR is for INTx; MSI-X is on"
+
+    # function mask: the event waits in the PBA, and goes out on unmask
+    msix_cap = 0x7C
+    control = await tb.transport.config_read(msix_cap + spec.MsixCap.MESSAGE_CONTROL, 2)
+    await tb.transport.config_write(msix_cap + spec.MsixCap.MESSAGE_CONTROL, 2,
+                                    control | spec.MsixControl.FUNCTION_MASK)
+    dut.link_up.value = 1
+    pba = tb.function.bar_addr[0] + 0x5000
+    for _ in range(50):
+        await RisingEdge(dut.clk)
+    assert counts[vector] == before[vector] + 1, "sent while the function was masked"
+    assert int.from_bytes(await tb.rc.mem_read(pba, 4), "little") == 1 << vector
+    waiter = cocotb.start_soon(tb.transport.wait_interrupt(vector, 2000))
+    await tb.transport.config_write(msix_cap + spec.MsixCap.MESSAGE_CONTROL, 2, control)
+    await waiter
+    assert counts[vector] == before[vector] + 2
+    assert int.from_bytes(await tb.rc.mem_read(pba, 4), "little") == 0
+    assert await net.pci.config_read16(spec.VirtioNetCfg.STATUS) & spec.VirtioNetS.LINK_UP
 
 
 @cocotb.test()
