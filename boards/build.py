@@ -16,14 +16,16 @@ harness mistake (a constant input, an unobserved output) makes synthesis delete
 part of the core silently. `check_coverage` compares yosys cell counts of the
 board build against the core-only synthesis (same yosys, same ``synth_ecp5``):
 
-* LUT-equivalents (LUT4 + 2 per CCU2C carry cell) on the board must be at
-  least `COVERAGE_MIN_RATIO` (90%) of the core-only count. The harness only
-  *adds* logic, so a healthy build is >= 100%; the 10% slack absorbs ABC's
-  context-dependent LUT mapping (the harness registers change the cuts at the
-  core's boundary). A cut-off input or output removes far more.
 * TRELLIS_FF on the board minus the harness's own flops (an exact count,
-  `VersaTop.harness_flops`) must be at least 90% of the core-only count
-  (measured: core + 1, the 10% slack is for future yosys FF merging).
+  `VersaTop.harness_flops`) must be at least `FF_MIN_RATIO` (98%) of the
+  core-only count. This is the sharp test: measured equal to the flop.
+  A constant input or an unobserved output removes the registers behind it.
+* LUT-equivalents (LUT4 + 2 per CCU2C carry cell) on the board must be at
+  least `LUT_MIN_RATIO` (80%) of the core-only count. LUT counts move with
+  context: ABC maps logic across the core's boundary once ports become
+  registers. Measured on the default core: core-only 5254, the same core
+  between registered ports 4887 (93%), the board 4475 (85%). The slack is
+  wide for that reason; the FF test above carries the precision.
 * Hard blocks (DP16KD, TRELLIS_DPR16X4, MULT18X18D, ALU54B) map the same way in
   both flows, so the board must have at least as many as the core.
 
@@ -52,7 +54,7 @@ from .versa import VersaPlatform
 
 
 __all__ = [
-    "BuildError", "CoverageError", "COVERAGE_MIN_RATIO",
+    "BuildError", "CoverageError", "FF_MIN_RATIO", "LUT_MIN_RATIO",
     "toolchain_env", "build", "synth_core", "check_coverage", "main",
 ]
 
@@ -71,7 +73,8 @@ YOWASP_TOOLS = {
 }
 
 #: Board/core ratio below which `check_coverage` fails (LUT-equivalents, FFs).
-COVERAGE_MIN_RATIO = 0.90
+FF_MIN_RATIO = 0.98
+LUT_MIN_RATIO = 0.80
 #: Cells of one CCU2C carry cell counted as LUT4s (it packs two LUT4 + carry).
 LUTS_PER_CCU2C = 2
 #: Hard blocks: the board build must have at least the core's count.
@@ -231,7 +234,7 @@ def _lut_equivalents(cells):
     return cells.get("LUT4", 0) + LUTS_PER_CCU2C * cells.get("CCU2C", 0)
 
 
-def check_coverage(board_cells, core_cells, *, harness_flops=0, min_ratio=COVERAGE_MIN_RATIO):
+def check_coverage(board_cells, core_cells, *, harness_flops=0):
     """Raise `CoverageError` unless the board holds (about) all of the core.
 
     ``harness_flops`` (known exactly from the harness's construction) is taken
@@ -239,9 +242,9 @@ def check_coverage(board_cells, core_cells, *, harness_flops=0, min_ratio=COVERA
     registers. Returns ``{metric: {"board": n, "core": n, "ratio": r}}``.
     """
     metrics = {
-        "LUT-equivalents": (_lut_equivalents(board_cells), _lut_equivalents(core_cells), min_ratio),
+        "LUT-equivalents": (_lut_equivalents(board_cells), _lut_equivalents(core_cells), LUT_MIN_RATIO),
         "TRELLIS_FF": (board_cells.get("TRELLIS_FF", 0) - harness_flops,
-                       core_cells.get("TRELLIS_FF", 0), min_ratio),
+                       core_cells.get("TRELLIS_FF", 0), FF_MIN_RATIO),
     }
     for block in HARD_BLOCKS:
         if core_cells.get(block, 0):

@@ -27,3 +27,12 @@ def test_default_device():
 def test_broken_feature_set_is_refused():
     broken = implemented_features() | spec.VirtioNetF.MQ | spec.VirtioNetF.CTRL_RX
     run(CoreParams(features=broken), ["broken_feature_set"])
+
+
+@pytest.mark.parametrize("params", [
+    CoreParams(queue_pairs=1, mtu=9000, mac=bytes.fromhex("5254001234ab")),
+    CoreParams(queue_pairs=8, queue_size_max=1024, mtu=68),
+], ids=["1pair_jumbo", "8pairs_qs1024_mtu68"])
+def test_build_parameters(params):
+    """Each parameter set is its own build (build/<tag>/); probe reads what was built."""
+    run(params, ["enumeration", "probe"])

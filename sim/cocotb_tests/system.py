@@ -7,12 +7,21 @@ import cocotb
 from cocotb.triggers import RisingEdge
 from cocotbext.pcie.core.tlp import CplStatus, Tlp, TlpType
 
-from driver.virtio_net import VirtioNet, VirtioNetProbeError
+from driver.virtio_net import DEFAULT_QUEUE_SIZE, VirtioNet, VirtioNetProbeError
 from driver.virtio_pci_modern import VirtioPciModernDevice
 from hdl import spec
 from hdl.top import implemented_features
 from sim.device import INJECT_TAG_BASE
 from sim.tb import TB
+
+
+async def probed(dut):
+    """A testbench with the device enumerated and the driver's probe done."""
+    tb = TB(dut)
+    await tb.init()
+    net = VirtioNet(tb.transport)
+    await net.probe()
+    return tb, net
 
 
 @cocotb.test()
@@ -34,15 +43,14 @@ async def enumeration(dut):
 @cocotb.test()
 async def probe(dut):
     """The driver probes the device to DRIVER_OK with what it offers."""
-    tb = TB(dut)
-    await tb.init()
-    net = VirtioNet(tb.transport)
-    await net.probe()
+    tb, net = await probed(dut)
     offered = tb.params.device_features
     assert net.negotiated_features == offered & net.negotiated_features
     assert net.negotiated_features & spec.VirtioF.VERSION_1
     assert net.mac == tb.params.mac
     assert net.mtu == tb.params.mtu
+    assert await net.pci.get_num_queues() == tb.params.num_queues
+    assert all(vq.num == min(tb.params.queue_size_max, DEFAULT_QUEUE_SIZE) for vq in net.queues.values())
     assert net.link_up
     status = await net.pci.get_status()
     assert status & spec.VirtioStatus.DRIVER_OK and status & spec.VirtioStatus.FEATURES_OK
@@ -68,10 +76,7 @@ async def probe(dut):
 @cocotb.test()
 async def config_change_interrupt(dut):
     """A link change is an MSI-X message on the config vector; masked, it waits in the PBA."""
-    tb = TB(dut)
-    await tb.init()
-    net = VirtioNet(tb.transport)
-    await net.probe()
+    tb, net = await probed(dut)
     assert net.msix
     vector = await net.pci.common.read16(spec.VirtioCommonCfg.CONFIG_MSIX_VECTOR)
     assert vector != spec.VIRTIO_MSI_NO_VECTOR
