@@ -150,6 +150,7 @@ class VirtioNetCore(wiring.Component):
             completer.window_offset.eq(config_space.window_offset),
             completer.window_length.eq(config_space.window_length),
             config_space.ur_detected.eq(completer.ur_detected),
+            config_space.poisoned.eq(completer.poisoned),
             device_cfg.link_up.eq(self.link_up),
             transport.msix_enable.eq((config_space.msix_control & spec.MsixControl.ENABLE) != 0),
             transport.msix_function_mask.eq(

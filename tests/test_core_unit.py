@@ -4,7 +4,7 @@ import pytest
 from hdl import spec
 from hdl.top import CoreParams, VirtioNetCore
 from hdl.virtio.bar_layout import BarLayout
-from sim.amaranth_tb import CoreHost, CplStatus, Tlp, TlpType
+from sim.amaranth_tb import CoreHost, CplStatus, PcieId, Tlp, TlpType
 from tests.amaranth_sim import simulate
 
 BAR = 0xFE00_0000
@@ -305,3 +305,37 @@ def test_completions_never_exceed_the_supported_max_payload():
 def test_bad_build_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         CoreParams(**bad)
+
+
+def test_poisoned_requests_change_nothing():
+    """EP set: a memory write is dropped and reported; a config write gets UR (PCIe 2.7.2.2)."""
+    async def tb(host, core):
+        await enable_bar(host)
+        entry = BAR + L.msix_table
+        await write_le(host, entry, 4, 0x1111_1111)
+        tlp = Tlp()
+        tlp.fmt_type = TlpType.MEM_WRITE
+        tlp.set_addr_be_data(entry, (0x2222_2222).to_bytes(4, "little"))
+        tlp.ep = True
+        await host.send(tlp)
+        await host.idle(20)
+        assert await read_le(host, entry, 4) == 0x1111_1111
+        status = await host.cfg_read(spec.PciCfg.COMMAND) >> 16
+        assert status & spec.PciStatus.DETECTED_PARITY_ERROR
+        devsta = await host.cfg_read(PCIE_CAP + spec.PcieCap.DEVCTL) >> 16
+        assert devsta & spec.PcieDevSta.NONFATAL_ERR_DETECTED
+        assert not devsta & spec.PcieDevSta.UR_DETECTED
+        # a poisoned config write: UR, and the register keeps its value
+        tlp = Tlp()
+        tlp.fmt_type = TlpType.CFG_WRITE_0
+        tlp.completer_id = PcieId(1, 0, 0)
+        tlp.address = spec.PciCfg.INTERRUPT_LINE & ~3
+        tlp.length, tlp.first_be, tlp.ep = 1, 0b0001, True
+        tlp.data = (0x5A).to_bytes(4, "little")
+        cpl, = await host.request(tlp)
+        assert cpl.status == CplStatus.UR
+        assert await host.cfg_read(spec.PciCfg.INTERRUPT_LINE) & 0xFF == 0
+        # the same write, unpoisoned, lands
+        await host.cfg_write(spec.PciCfg.INTERRUPT_LINE, 0x5A, be=0b0001)
+        assert await host.cfg_read(spec.PciCfg.INTERRUPT_LINE) & 0xFF == 0x5A
+    run(tb)

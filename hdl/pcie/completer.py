@@ -9,6 +9,8 @@ Takes request TLPs one DW a transfer and turns them into register accesses:
                              Max_Payload_Size boundaries, with byte count and
                              lower address per section 2.3.1.1
     MWr32/64 hitting BAR0 -> BAR bus with first/last byte enables; no reply
+                             (poisoned, EP set: dropped, reported through
+                             ``poisoned``; a poisoned CfgWr0 gets UR)
     anything else         -> a non-posted request gets an Unsupported Request
                              completion; a posted one is dropped; both set
                              Device Status.UR_DETECTED
@@ -47,6 +49,7 @@ class Completer(wiring.Component):
         mps:     In(3), Device Control's Max_Payload_Size field.
         window_bar, window_offset, window_length: In, the virtio PCI cfg window.
         ur_detected: Out(1), pulse per Unsupported Request.
+        poisoned: Out(1), pulse per poisoned memory write dropped.
         completer_id: Out(16), this function's bus/device/function number.
     """
 
@@ -66,6 +69,7 @@ class Completer(wiring.Component):
             "window_offset": In(32),
             "window_length": In(32),
             "ur_detected": Out(1),
+            "poisoned": Out(1),
             "completer_id": Out(16),
         })
 
@@ -215,7 +219,8 @@ class Completer(wiring.Component):
                             via_window.eq(cfg.register == self.window_data_dw),
                             read_addr.eq(self.window_offset[2:]),
                         ]
-                        with m.If(dw0.length != 1):
+                        with m.If((dw0.length != 1) | (fmt_type == _FT.CFGWR0) & dw0.ep):
+                            # a poisoned config write is discarded with UR (section 2.7.2.2)
                             m.next = "UNSUPPORTED"
                         with m.Elif(fmt_type == _FT.CFGRD0):
                             m.d.sync += cpl_has_data.eq(1)
@@ -235,7 +240,11 @@ class Completer(wiring.Component):
                         with m.Else():
                             m.next = "UNSUPPORTED"
                     with m.Case(_FT.MWR32, _FT.MWR64):
-                        with m.If(hits_bar):
+                        with m.If(hits_bar & dw0.ep):
+                            # poisoned data never reaches a register (section 2.7.2.2)
+                            m.d.comb += self.poisoned.eq(1)
+                            m.next = "DRAIN_THEN_IDLE"
+                        with m.Elif(hits_bar):
                             m.d.sync += read_addr.eq(address[2:])
                             m.next = "MEM_WRITE"
                         with m.Else():

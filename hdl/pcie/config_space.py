@@ -127,6 +127,9 @@ class ConfigSpace(wiring.Component):
     Ports:
         bus:         In(RegisterBusSignature(6)), config requests from the completer.
         ur_detected: In(1), pulse: sets Device Status.UR_DETECTED (PCIe cap).
+        poisoned:    In(1), pulse: a poisoned TLP was received; sets Status.
+                     DETECTED_PARITY_ERROR and Device Status.NONFATAL_ERR_DETECTED
+                     (its default severity, PCIe 4.0 section 6.2.7).
         command:     Out(16), the Command register.
         bar0:        Out(64), BAR0/1's base address (the size bits read zero).
         devctl:      Out(16), PCIe Device Control (MPS, MRRS).
@@ -139,6 +142,7 @@ class ConfigSpace(wiring.Component):
     """
     bus: In(RegisterBusSignature(_CFG_ADDR_WIDTH))
     ur_detected: In(1)
+    poisoned: In(1)
     command: Out(16)
     bar0: Out(64)
     devctl: Out(16)
@@ -168,7 +172,10 @@ class ConfigSpace(wiring.Component):
         # Bits the device's hardware sets (RW1C status bits); a set wins over
         # the host's clear in the same cycle, and the host's write still lands.
         devctl_dw = self._pcie_dw + spec.PcieCap.DEVCTL // 4
-        hw_set = {devctl_dw: self.ur_detected.replicate(32) & (spec.PcieDevSta.UR_DETECTED << 16)}
+        devsta_set = (self.ur_detected.replicate(32) & (spec.PcieDevSta.UR_DETECTED << 16)
+                      | self.poisoned.replicate(32) & (spec.PcieDevSta.NONFATAL_ERR_DETECTED << 16))
+        status_set = self.poisoned.replicate(32) & (spec.PciStatus.DETECTED_PARITY_ERROR << 16)
+        hw_set = {devctl_dw: devsta_set, spec.PciCfg.COMMAND // 4: status_set}
 
         # Host writes.
         write_mask = byte_mask(self.bus.be)
