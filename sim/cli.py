@@ -47,7 +47,7 @@ def run_sim_job(params, job):
             results = None
         if results is None or failed_cases(results) or not out.exists():
             raise SystemExit(f"virtio-net-fpga: the simulated {job} failed; see {log}")
-        _progress(f"simulation finished in {time.monotonic() - started:.1f} s (log: {log})")
+        _progress(f"{job} done in {time.monotonic() - started:.1f} s, build included (log: {log})")
         return out.read_text()
 
 
