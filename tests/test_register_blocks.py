@@ -519,3 +519,32 @@ def test_config_ur_detected_does_not_drop_a_host_write_in_the_same_cycle():
         assert await bus_read(ctx, cfg.bus, devctl_dw) == new_devctl | UR
 
     simulate(cfg, tb)
+
+
+def test_msix_sender_waits_for_bar_reads_of_the_table():
+    """The sender shares the table's read port: BAR reads win, the message comes out whole after."""
+    dut = MsixTable(VECTORS, 5, 1)
+
+    async def tb(ctx):
+        await bus_write(ctx, dut.table, 2 * 4 + 0, 0xFEE0_2000)
+        await bus_write(ctx, dut.table, 2 * 4 + 2, 0x42)
+        await bus_write(ctx, dut.table, 2 * 4 + 3, 0)          # unmask vector 2
+        for name in ("enable", "bus_master"):
+            ctx.set(getattr(dut, name), 1)
+        ctx.set(dut.msg.ready, 1)
+        await raise_vectors(ctx, dut, 0b00100)
+        # the BAR reads the table every cycle for a while: nothing may be sent
+        for cycle in range(20):
+            addr = cycle % TABLE_DWS
+            ctx.set(dut.table.addr, addr)
+            ctx.set(dut.table.be, 0b1111)
+            ctx.set(dut.table.r_stb, 1)
+            await ctx.tick()
+            want = {8: 0xFEE0_2000, 10: 0x42}.get(addr, spec.MSIX_VECTOR_MASKED if addr % 4 == 3 and addr != 11 else 0)
+            assert ctx.get(dut.table.r_data) == want, f"BAR read of DW {addr}"
+            assert not ctx.get(dut.msg.valid)
+        ctx.set(dut.table.r_stb, 0)
+        msg = await collect_message(ctx, dut)
+        assert msg.address == 0xFEE0_2000 and bytes(msg.data) == (0x42).to_bytes(4, "little")
+
+    simulate(dut, tb)

@@ -59,7 +59,8 @@ class MsixTable(wiring.Component):
     A raised vector becomes pending. A pending vector is sent when MSI-X is
     enabled, the function is not masked, its own Vector Control mask bit is
     clear and bus mastering is on: a one-DW memory write of Message Data to
-    Message Address, after which the pending bit clears. A masked vector stays
+    Message Address, after which the pending bit clears. The sender reads the
+    entry through the table's one RAM read port when BAR reads leave it free. A masked vector stays
     pending in the PBA and is sent once unmasked.
 
     Ports:
@@ -101,9 +102,12 @@ class MsixTable(wiring.Component):
         in_table = self.table.addr < len(init)
         in_table_q = Signal()
         m.d.sync += in_table_q.eq(in_table)
+        # One read port, shared: a BAR read takes it; the sender uses it when free.
+        fetch_addr = Signal(range(len(init)))
+        fetch_en = Signal()
         m.d.comb += [
-            read.addr.eq(self.table.addr),
-            read.en.eq(self.table.r_stb),
+            read.addr.eq(Mux(self.table.r_stb, self.table.addr, fetch_addr)),
+            read.en.eq(self.table.r_stb | fetch_en),
             self.table.r_data.eq(read.data & in_table_q.replicate(32)),
             write.addr.eq(self.table.addr),
             write.data.eq(self.table.w_data),
@@ -141,29 +145,40 @@ class MsixTable(wiring.Component):
                 m.d.comb += lowest.eq(v)
         entry = Signal(range(len(init)))
         m.d.comb += entry.eq(vector * _DW_PER_ENTRY)
-        fetch = mem.read_port()
         address = Signal(64)
         message_data = Signal(32)
         is_64 = address[32:] != 0
         msg = self.msg
 
+        # Message Address (low, high) and Data: entry DWs 0 to 2, read one a
+        # cycle whenever the bus leaves the port free.
+        fields = [address[:32], address[32:], message_data]
+        next_dw = Signal(range(len(fields) + 1))     # next entry DW to read
+        got_dw = Signal(range(len(fields)))          # entry DW read last cycle
+        got = Signal()                               # ... if any
+        fetching = Signal()
+        m.d.comb += [
+            fetch_addr.eq(entry + next_dw),
+            fetch_en.eq(fetching & ~self.table.r_stb & (next_dw < len(fields))),
+        ]
+        m.d.sync += [got.eq(fetch_en), got_dw.eq(next_dw)]
+        with m.If(fetch_en):
+            m.d.sync += next_dw.eq(next_dw + 1)
+        with m.If(got):
+            with m.Switch(got_dw):
+                for index, field in enumerate(fields):
+                    with m.Case(index):
+                        m.d.sync += field.eq(read.data)
+
         with m.FSM(name="msix_sender"):
             with m.State("IDLE"):
                 with m.If(allowed & (sendable != 0)):
-                    m.d.sync += vector.eq(lowest)
-                    m.next = "FETCH_ADDR_LO"
-            for index, (state, field, nxt) in enumerate((
-                    ("FETCH_ADDR_LO", None, "FETCH_ADDR_HI"),
-                    ("FETCH_ADDR_HI", address[:32], "FETCH_DATA"),
-                    ("FETCH_DATA", address[32:], "FETCH_DONE"),
-                    ("FETCH_DONE", message_data, "SEND_DW0"))):
-                with m.State(state):
-                    if index < 3:
-                        m.d.comb += [fetch.addr.eq(entry + index), fetch.en.eq(1)]
-                    if field is not None:
-                        m.d.sync += field.eq(fetch.data)
-                    m.next = nxt
-
+                    m.d.sync += [vector.eq(lowest), next_dw.eq(0)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += fetching.eq(1)
+                with m.If(got & (got_dw == len(fields) - 1)):
+                    m.next = "SEND_DW0"
             with m.State("SEND_DW0"):
                 dw0 = Signal(TlpDw0)
                 m.d.comb += [
