@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from hdl import spec
 from hdl.top import MAX_QUEUE_PAIRS, CoreParams
 
 __all__ = ["main"]

@@ -29,6 +29,16 @@ class RoundTrip(Elaboratable):
         return m
 
 
+def framed(tlps):
+    """The TLPs as one DW stream: (data, first, last) per DW."""
+    return [(dw, n == 0, n == len(t) - 1) for t in tlps for n, dw in enumerate(t)]
+
+
+def beats_of(tlps):
+    """The beats the TLP boundary carries for these TLPs (sim/tlp_codec.py)."""
+    return [b for t in tlps for b in tlp_to_beats(dwords_to_tlp(t))]
+
+
 def random_tlps(rng, count):
     tlps = []
     for _ in range(count):
@@ -42,8 +52,8 @@ def random_tlps(rng, count):
 def run_round_trip(tlps, rng, *, p_valid, p_mid, p_ready, max_cycles):
     dut = RoundTrip()
     p, u = dut.packer, dut.unpacker
-    src = [(dw, n == 0, n == len(t) - 1) for t in tlps for n, dw in enumerate(t)]
-    expected_beats = [b for t in tlps for b in tlp_to_beats(dwords_to_tlp(t))]
+    src = framed(tlps)
+    expected_beats = beats_of(tlps)
     got_beats, got_dws = [], []
     result = {}
 
@@ -123,8 +133,8 @@ def test_packer_takes_a_dw_every_cycle():
     """With the link always ready, the packer never stalls its input."""
     rng = random.Random(11)
     tlps = random_tlps(rng, 20)
-    src = [(dw, n == 0, n == len(t) - 1) for t in tlps for n, dw in enumerate(t)]
-    expected = [b for t in tlps for b in tlp_to_beats(dwords_to_tlp(t))]
+    src = framed(tlps)
+    expected = beats_of(tlps)
     dut = DwordPacker()
     beats = []
 
@@ -157,8 +167,8 @@ def test_unpacker_gives_a_dw_every_cycle():
     """Fed beats back to back and never stalled, the unpacker outputs a DW each cycle."""
     rng = random.Random(12)
     tlps = random_tlps(rng, 20)
-    src = [(dw, n == 0, n == len(t) - 1) for t in tlps for n, dw in enumerate(t)]
-    beats = [b for t in tlps for b in tlp_to_beats(dwords_to_tlp(t))]
+    src = framed(tlps)
+    beats = beats_of(tlps)
     dut = DwordUnpacker()
     got = []
 

@@ -19,7 +19,6 @@ read-only zero, so writing all ones reads back ``~(size - 1)``.
          +----------------------------------------------------------+
 """
 import dataclasses
-import struct
 
 from amaranth.hdl import Const, Module, Signal
 from amaranth.lib import wiring
@@ -63,10 +62,6 @@ class Capability:
     @staticmethod
     def header(cap_id, next_ptr, upper16=0):
         return cap_id | next_ptr << 8 | upper16 << 16
-
-
-def le32(data, offset=0):
-    return struct.unpack_from("<I", data, offset)[0]
 
 
 @dataclasses.dataclass

@@ -24,6 +24,19 @@ async def probed(dut):
     return tb, net
 
 
+async def driver_bound(dut):
+    """A testbench and the modern PCI device reset and at ACKNOWLEDGE | DRIVER,
+    for tests that play the driver's steps by hand."""
+    tb = TB(dut)
+    await tb.init()
+    pci = VirtioPciModernDevice(tb.transport)
+    await pci.probe()
+    await pci.reset()
+    await pci.add_status(spec.VirtioStatus.ACKNOWLEDGE)
+    await pci.add_status(spec.VirtioStatus.DRIVER)
+    return tb, pci
+
+
 @cocotb.test()
 async def enumeration(dut):
     """The root complex finds a virtio-net function with a 32 KiB 64-bit BAR and MSI-X."""
@@ -130,14 +143,8 @@ async def broken_feature_set(dut):
 @cocotb.test()
 async def features_ok_refused_for_unoffered_feature(dut):
     """The device, not just the driver, refuses a feature it did not offer."""
-    tb = TB(dut)
-    await tb.init()
-    pci = VirtioPciModernDevice(tb.transport)
-    await pci.probe()
-    await pci.reset()
+    tb, pci = await driver_bound(dut)
     S = spec.VirtioStatus
-    await pci.add_status(S.ACKNOWLEDGE)
-    await pci.add_status(S.DRIVER)
     offered = await pci.get_features()
     assert offered == implemented_features()
     await pci.set_features(offered | spec.VirtioNetF.CTRL_VQ)
@@ -152,13 +159,8 @@ async def features_ok_refused_for_unoffered_feature(dut):
 @cocotb.test()
 async def reset_mid_way(dut):
     """A reset half-way through set-up leaves nothing behind; the driver probes again."""
-    tb = TB(dut)
-    await tb.init()
-    pci = VirtioPciModernDevice(tb.transport)
-    await pci.probe()
+    tb, pci = await driver_bound(dut)
     S, C = spec.VirtioStatus, spec.VirtioCommonCfg
-    await pci.add_status(S.ACKNOWLEDGE)
-    await pci.add_status(S.DRIVER)
     await pci.set_features(await pci.get_features())
     await pci.add_status(S.FEATURES_OK)
     await pci.common.write16(C.QUEUE_SELECT, 0)
