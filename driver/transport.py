@@ -13,11 +13,18 @@ wrong capability shows up as a clear error instead of a stray bus access.
 from __future__ import annotations
 
 import abc
+import enum
 
 PCI_STD_NUM_BARS = 6        # BAR0..BAR5 of a type-0 header (PCI 3.0 section 6.2.5)
 
 CONFIG_ACCESS_SIZES = (1, 2, 4)
 MMIO_ACCESS_SIZES = (1, 2, 4, 8)
+
+
+class DmaDirection(enum.Enum):
+    """Who writes a mapped buffer (Linux's enum dma_data_direction)."""
+    TO_DEVICE = "to_device"          # the device only reads it (TX buffers, rings the driver writes)
+    FROM_DEVICE = "from_device"      # the device writes it (RX buffers, the used ring)
 
 
 class TransportError(Exception):
@@ -77,6 +84,17 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def dma_write(self, addr: int, data: bytes) -> None:
         """Write `data` to DMA memory at bus address `addr`."""
+
+    def dma_map(self, addr: int, length: int, direction: DmaDirection) -> None:
+        """Hand [addr, addr + length) to the device (Linux's dma_map_single).
+
+        The device may write only what is mapped FROM_DEVICE; a transport
+        that can watch the bus (the simulation's guarded host memory) fails
+        any other device write. Transports that cannot watch keep the default.
+        """
+
+    def dma_unmap(self, addr: int, length: int, direction: DmaDirection) -> None:
+        """Take back a range given with `dma_map` (Linux's dma_unmap_single)."""
 
     # --- interrupts -----------------------------------------------------------
 
