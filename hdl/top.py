@@ -19,6 +19,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from . import spec
+from .net.frame import FrameStreamSignature
 from .net.device_cfg import DEVICE_CFG_ADDR_WIDTH, NetDeviceConfig
 from .pcie.completer import Completer
 from .pcie.config_space import ConfigHeader, ConfigSpace
@@ -82,11 +83,15 @@ class VirtioNetCore(wiring.Component):
         tlp_tx:  Out(TlpStreamSignature()), TLPs to the host.
         notify:  Out(stream.Signature(16)), doorbells (queue index).
         link_up: In(1), the Ethernet link state.
+        wire_tx: Out(FrameStreamSignature), frames to the wire.
+        wire_rx: In(FrameStreamSignature), frames from the wire.
     """
     tlp_rx: In(TlpStreamSignature())
     tlp_tx: Out(TlpStreamSignature())
     notify: Out(stream.Signature(16))
     link_up: In(1)
+    wire_tx: Out(FrameStreamSignature)
+    wire_rx: In(FrameStreamSignature)
 
     def __init__(self, params=CoreParams()):
         self.params = params
@@ -141,6 +146,17 @@ class VirtioNetCore(wiring.Component):
         # No DMA requester yet (ring engine issue): completions have no
         # reader, so they are taken and dropped rather than stall the link.
         m.d.comb += demux.cpl.ready.eq(1)
+
+        # TEMPORARY until the datapath lands: the wire side loops back.
+        from amaranth.lib.fifo import SyncFIFOBuffered
+        from .net.frame import FrameBeat
+        m.submodules.wire_loop = loop = SyncFIFOBuffered(width=FrameBeat.size, depth=16)
+        m.d.comb += [
+            loop.w_data.eq(self.wire_rx.payload), loop.w_en.eq(self.wire_rx.valid),
+            self.wire_rx.ready.eq(loop.w_rdy),
+            self.wire_tx.payload.eq(loop.r_data), self.wire_tx.valid.eq(loop.r_rdy),
+            loop.r_en.eq(self.wire_tx.ready),
+        ]
 
         m.d.comb += [
             completer.memory_enable.eq((config_space.command & spec.PciCommand.MEMORY_SPACE) != 0),
