@@ -370,3 +370,42 @@ def rx_queue_index(pair):
 
 def tx_queue_index(pair):
     return 2 * pair + 1
+
+
+# --- split virtqueues (virtio 1.2 section 2.7) --------------------------------
+
+class VirtqDescF(enum.IntFlag):
+    """struct virtq_desc flags (section 2.7.5)."""
+    NEXT = 1
+    WRITE = 2
+    INDIRECT = 4
+
+
+class VirtqAvailF(enum.IntFlag):
+    """struct virtq_avail flags (section 2.7.6)."""
+    NO_INTERRUPT = 1
+
+
+class VirtqUsedF(enum.IntFlag):
+    """struct virtq_used flags (section 2.7.8)."""
+    NO_NOTIFY = 1
+
+
+VIRTQ_DESC_SIZE = 16              # addr 8, len 4, flags 2, next 2
+VIRTQ_AVAIL_ELEM_SIZE = 2
+VIRTQ_USED_ELEM_SIZE = 8          # id 4, len 4
+VIRTQ_RING_HEADER_SIZE = 4        # flags 2, idx 2 (avail and used)
+VIRTQ_IDX_OFFSET = 2              # idx after flags
+
+
+def vring_need_event(event_idx, new_idx, old_idx):
+    """Section 2.7.10: notify if event_idx lies in [old_idx, new_idx) mod 2**16."""
+    return (new_idx - event_idx - 1) & 0xFFFF < (new_idx - old_idx) & 0xFFFF
+
+
+# --- virtio_net_hdr (virtio 1.2 section 5.1.6) --------------------------------
+
+VIRTIO_NET_HDR_SIZE = 12          # v1 header: flags .. num_buffers
+VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET = 10
+ETH_HLEN = 14
+VLAN_HLEN = 4
