@@ -1,0 +1,556 @@
+"""The split-virtqueue ring engine (virtio 1.2 section 2.7), with the
+virtio-net transmit and receive steps (section 5.1.6) it drives.
+
+One engine serves every queue, one descriptor chain at a time, through the
+DMA requester's read and write ports. For a queue it visits it:
+
+1. reads the avail ring's flags and idx (one 4-byte read);
+2. reads up to ``BATCH`` avail ring entries at once into a head cache;
+3. walks each head's chain: reads each 16-byte descriptor whole and checks it
+   (index below the queue size, no longer chain than the queue, NEXT target
+   in range, length non-zero, the right direction, no INDIRECT: it is not
+   offered);
+4. moves the data: TX gathers the buffers (less the 12-byte virtio_net_hdr)
+   into the TX frame buffer; RX writes the header and the head frame of the
+   RX frame buffer across the chain's buffers;
+5. writes the used element, and after the batch the used idx;
+6. raises the queue's interrupt unless VIRTQ_AVAIL_F_NO_INTERRUPT is set,
+   once its writes have left (MSI-X must not pass them).
+
+A bad descriptor, an avail idx that moved more than the queue size, or a
+failed DMA read stops the engine and reports ``needs_reset``: the transport
+sets DEVICE_NEEDS_RESET and raises the config interrupt (section 2.1.1); the
+engine then stays halted until the driver resets the device.
+
+Queues are served round robin; receive queue 0 takes every RX frame (RX
+steering over queue pairs belongs to the multiqueue work).
+"""
+import enum
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .. import spec
+from ..lib.bytes import BYTES_PER_BEAT, ByteStreamSignature
+from ..net.packet_fifo import Segment
+from ..pcie.dma import DmaReadSignature, DmaWriteSignature
+from .common_cfg import QueueConfig
+
+__all__ = ["RingEngine", "RingError", "BATCH"]
+
+BATCH = 8                  # avail entries fetched per read
+_IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
+_HDR_DWORDS = spec.VIRTIO_NET_HDR_SIZE // 4
+
+
+class RingError(enum.IntEnum):
+    """Why the engine stopped (the ``error`` port, for debug and tests)."""
+    NONE = 0
+    AVAIL_IDX = 1          # avail idx moved more than the queue size
+    HEAD_RANGE = 2         # an avail entry or NEXT points past the table
+    CHAIN_LOOP = 3         # a chain longer than the queue
+    ZERO_LENGTH = 4
+    DIRECTION = 5          # TX buffer device-writable or RX buffer read-only
+    INDIRECT = 6           # INDIRECT_DESC used but not offered
+    DMA = 7                # a read failed (error completion or timeout)
+
+
+class RingEngine(wiring.Component):
+    """Ports:
+        queues:      In(QueueConfig).array(num_queues), from the common config.
+        run:         In(1), DRIVER_OK set and the device not halted.
+        doorbell:    In(stream.Signature(16)), notified queue indexes.
+        used_notify: Out(num_queues), pulse: raise the queue's interrupt.
+        needs_reset: Out(1), pulse: the engine stopped on an error.
+        error:       Out(RingError), the first error seen since reset.
+        dma_rd:      Out(DmaReadSignature()), reads of rings and TX buffers.
+        dma_wr:      Out(DmaWriteSignature()), writes of used rings and RX buffers.
+        tx:          Out(ByteStreamSignature), TX frames, bytes at any lane
+                     (to a BytePacker, then the TX PacketFifo).
+        tx_abort:    Out(1), the frame on ``tx`` is to be dropped (held until
+                     ``tx_done``).
+        tx_done:     In(1), pulse: the TX frame buffer committed or dropped it.
+        tx_sent:     Out(1), pulse: a TX chain was returned ...
+        tx_empty:    Out(1), ... with no frame byte in it (too short, dropped here).
+        rx_valid, rx_length: In, the RX frame buffer's head frame.
+        rx_seg_req:  Out(stream.Signature(Segment)), read a byte range of it.
+        rx_seg:      In(ByteStreamSignature), those bytes, packed (a BytePacker).
+        rx_pop:      Out(1), pulse: the head frame is delivered (or dropped).
+        rx_delivered, rx_too_big: Out(1), pulses: how the head frame went.
+        queue:       Out(8), the queue the pulses above refer to.
+    """
+
+    def __init__(self, *, num_queues, max_tx_frame, initial_idx=0):
+        self.num_queues = num_queues
+        self.max_tx_frame = max_tx_frame
+        self.initial_idx = initial_idx
+        super().__init__({
+            "queues": In(QueueConfig).array(num_queues),
+            "run": In(1),
+            "doorbell": In(stream.Signature(16)),
+            "used_notify": Out(num_queues),
+            "needs_reset": Out(1),
+            "error": Out(RingError),
+            "dma_rd": Out(DmaReadSignature()),
+            "dma_wr": Out(DmaWriteSignature()),
+            "tx": Out(ByteStreamSignature),
+            "tx_abort": Out(1),
+            "tx_done": In(1),
+            "tx_sent": Out(1),
+            "tx_empty": Out(1),
+            "rx_valid": In(1),
+            "rx_length": In(16),
+            "rx_seg_req": Out(stream.Signature(Segment)),
+            "rx_seg": In(ByteStreamSignature),
+            "rx_pop": Out(1),
+            "rx_delivered": Out(1),
+            "rx_too_big": Out(1),
+            "queue": Out(8),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        nq = self.num_queues
+        served = nq - 1                      # the control queue is not served yet
+        tx_queues = [q for q in range(served) if q % 2 == 1]
+
+        # --- per-queue state ------------------------------------------------
+        # Indexes start at 0 (section 2.7); `initial_idx` is a test-only
+        # build parameter that starts them elsewhere, to reach the 16-bit
+        # wrap-around quickly (the driver has the matching option).
+        def idx(name):
+            return Array(Signal(_IDX_BITS, name=f"{name}{q}", init=self.initial_idx)
+                         for q in range(nq))
+        last_avail = idx("last_avail")
+        avail_seen = idx("avail_seen")
+        used_idx = idx("used_idx")
+        no_interrupt = Array(Signal(name=f"no_interrupt{q}") for q in range(nq))
+        kick = Signal(nq)
+        cfgs = Array(self.queues)
+
+        m.d.comb += self.doorbell.ready.eq(1)
+        kick_set = Signal(nq)
+        kick_clr = Signal(nq)
+        with m.If(self.doorbell.valid):
+            for q in range(nq):
+                with m.If(self.doorbell.payload == q):
+                    m.d.comb += kick_set[q].eq(1)
+        m.d.sync += kick.eq((kick & ~kick_clr) | kick_set)
+
+        q = Signal(8)                        # the queue being served
+        m.d.comb += self.queue.eq(q)
+        cfg = cfgs[q]
+        size_mask = Signal(_IDX_BITS)
+        m.d.comb += size_mask.eq(cfg.size - 1)
+        cur_last = last_avail[q]
+        cur_used = used_idx[q]
+
+        def enabled(index):
+            return self.run & self.queues[index].enable
+
+        # --- head cache -----------------------------------------------------
+        heads = Array(Signal(_IDX_BITS, name=f"head{n}") for n in range(BATCH))
+        cached = Signal(range(BATCH + 1))    # heads in the cache
+        taken = Signal(range(BATCH + 1))     # heads consumed from it
+        cache_q = Signal(8)
+        cache_valid = Signal()               # the cache belongs to cache_q
+        cache_left = cache_valid & (taken != cached)
+
+        # --- chain state ----------------------------------------------------
+        desc_idx = Signal(_IDX_BITS)
+        chain_len = Signal(_IDX_BITS + 1)
+        d_addr = Signal(64)
+        d_len = Signal(32)
+        d_flags = Signal(16)
+        d_next = Signal(_IDX_BITS)
+        head_id = Signal(_IDX_BITS)
+        used_len = Signal(32)
+        is_rx = Signal()
+        dw = Signal(3)                       # DWs received of the current read
+
+        # TX gather
+        hdr_left = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))
+        frame_bytes = Signal(17)
+        tx_drop = Signal()
+        tx_read_len = Signal(16)
+        m.d.comb += self.tx_abort.eq(tx_drop)
+
+        # RX scatter
+        rx_len = Signal(16)
+        rx_pos = Signal(16)                  # frame bytes written so far
+        seg_addr = Signal(64)
+        seg_len = Signal(16)
+
+        err = Signal(RingError)
+        m.d.comb += self.error.eq(err)
+
+        rd_req = self.dma_rd.req
+        rd = self.dma_rd.data
+        wr_req = self.dma_wr.req
+        wr = self.dma_wr.data
+
+        def fail(reason):
+            return [err.eq(reason)]
+
+        # --- scheduler state ------------------------------------------------
+        scan = Signal(8, init=tx_queues[0] if tx_queues else 0)
+        prefer_rx = Signal()
+
+        def tx_pending(index):
+            return enabled(index) & (kick[index] | (avail_seen[index] != last_avail[index])
+                                     | (cache_valid & (cache_q == index) & (taken != cached)))
+
+        rx_q = spec.rx_queue_index(0)
+        rx_ready = (self.rx_valid & enabled(rx_q)
+                    & (kick[rx_q] | (avail_seen[rx_q] != last_avail[rx_q])
+                       | (cache_valid & (cache_q == rx_q) & (taken != cached))))
+        tx_here = Signal()
+        with m.Switch(scan):
+            for index in tx_queues:
+                with m.Case(index):
+                    m.d.comb += tx_here.eq(tx_pending(index))
+
+        new_avail = Signal(_IDX_BITS)
+        ring_slot = Signal(_IDX_BITS)
+        m.d.comb += ring_slot.eq((cur_last + taken) & size_mask)
+        to_wrap = Signal(_IDX_BITS + 1)
+        m.d.comb += to_wrap.eq(cfg.size - ((cur_last) & size_mask))
+        fetch = Signal(range(BATCH + 1))
+
+        with m.FSM(name="ring"):
+            with m.State("IDLE"):
+                with m.If(rx_ready & (prefer_rx | ~tx_here)):
+                    m.d.sync += [q.eq(rx_q), is_rx.eq(1), prefer_rx.eq(0)]
+                    m.next = "VISIT"
+                with m.Elif(tx_here):
+                    m.d.sync += [q.eq(scan), is_rx.eq(0), prefer_rx.eq(1)]
+                    m.next = "VISIT"
+                # the scan moves on every cycle: TX queues take turns
+                m.d.sync += scan.eq(Mux(scan >= tx_queues[-1], tx_queues[0], scan + 2))
+
+            with m.State("VISIT"):
+                with m.If(~(cache_valid & (cache_q == q))):
+                    m.d.sync += [cache_valid.eq(0), cached.eq(0), taken.eq(0), cache_q.eq(q)]
+                with m.If(cache_valid & (cache_q == q) & (taken != cached)):
+                    m.next = "NEXT_HEAD"
+                with m.Elif(avail_seen[q] != cur_last):
+                    m.next = "READ_AVAIL_RING"
+                with m.Else():
+                    m.next = "READ_AVAIL_IDX"
+
+            # Step 1: flags and idx of the avail ring (section 2.7.6).
+            with m.State("READ_AVAIL_IDX"):
+                m.d.comb += [rd_req.valid.eq(1),
+                             rd_req.payload.addr.eq(cfg.driver),
+                             rd_req.payload.length.eq(spec.VIRTQ_RING_HEADER_SIZE)]
+                with m.If(rd_req.ready):
+                    m.d.comb += kick_clr.eq(1 << q)
+                    m.next = "GET_AVAIL_IDX"
+            with m.State("GET_AVAIL_IDX"):
+                m.d.comb += rd.ready.eq(1)
+                with m.If(rd.valid):
+                    m.d.comb += new_avail.eq(rd.payload.data[16:])
+                    m.d.sync += [avail_seen[q].eq(new_avail),
+                                 no_interrupt[q].eq(rd.payload.data[0])]
+                    with m.If(rd.payload.error):
+                        m.d.sync += fail(RingError.DMA)
+                        m.next = "ERROR"
+                    with m.Elif(((new_avail - cur_last) & 0xFFFF) > cfg.size):
+                        m.d.sync += fail(RingError.AVAIL_IDX)
+                        m.next = "ERROR"
+                    with m.Elif(new_avail == cur_last):
+                        m.next = "DONE"          # nothing new
+                    with m.Else():
+                        m.next = "READ_AVAIL_RING"
+
+            # Step 2: a batch of avail entries, not past the ring's end.
+            with m.State("READ_AVAIL_RING"):
+                pending = (avail_seen[q] - cur_last)[:_IDX_BITS]
+                capped = Mux(pending < BATCH, pending, BATCH)
+                m.d.comb += fetch.eq(Mux(to_wrap < capped, to_wrap, capped))
+                m.d.comb += [
+                    rd_req.valid.eq(1),
+                    rd_req.payload.addr.eq(cfg.driver + spec.VIRTQ_RING_HEADER_SIZE
+                                           + ((cur_last & size_mask) << 1)),
+                    rd_req.payload.length.eq(fetch << 1),
+                ]
+                with m.If(rd_req.ready):
+                    m.d.sync += [cached.eq(fetch), taken.eq(0), cache_valid.eq(1),
+                                 cache_q.eq(q), dw.eq(0)]
+                    m.next = "GET_AVAIL_RING"
+            with m.State("GET_AVAIL_RING"):
+                m.d.comb += rd.ready.eq(1)
+                with m.If(rd.valid):
+                    m.d.sync += [heads[dw << 1].eq(rd.payload.data[:16]),
+                                 heads[(dw << 1) + 1].eq(rd.payload.data[16:]),
+                                 dw.eq(dw + 1)]
+                    with m.If(rd.payload.last):
+                        with m.If(rd.payload.error):
+                            m.d.sync += [fail(RingError.DMA), cache_valid.eq(0)]
+                            m.next = "ERROR"
+                        with m.Else():
+                            m.next = "NEXT_HEAD"
+
+            # Step 3: the next chain.
+            with m.State("NEXT_HEAD"):
+                head = heads[taken]
+                m.d.sync += [head_id.eq(head), desc_idx.eq(head), chain_len.eq(0),
+                             used_len.eq(0), hdr_left.eq(spec.VIRTIO_NET_HDR_SIZE),
+                             frame_bytes.eq(0), tx_drop.eq(0), rx_pos.eq(0),
+                             rx_len.eq(self.rx_length)]
+                with m.If(head >= cfg.size):
+                    m.d.sync += fail(RingError.HEAD_RANGE)
+                    m.next = "ERROR"
+                with m.Else():
+                    m.next = "READ_DESC"
+
+            with m.State("READ_DESC"):
+                m.d.comb += [rd_req.valid.eq(1),
+                             rd_req.payload.addr.eq(cfg.desc + (desc_idx << 4)),
+                             rd_req.payload.length.eq(spec.VIRTQ_DESC_SIZE)]
+                with m.If(rd_req.ready):
+                    m.d.sync += [dw.eq(0), chain_len.eq(chain_len + 1)]
+                    m.next = "GET_DESC"
+            with m.State("GET_DESC"):
+                m.d.comb += rd.ready.eq(1)
+                with m.If(rd.valid):
+                    m.d.sync += dw.eq(dw + 1)
+                    with m.Switch(dw):
+                        with m.Case(0):
+                            m.d.sync += d_addr[:32].eq(rd.payload.data)
+                        with m.Case(1):
+                            m.d.sync += d_addr[32:].eq(rd.payload.data)
+                        with m.Case(2):
+                            m.d.sync += d_len.eq(rd.payload.data)
+                        with m.Case(3):
+                            m.d.sync += [d_flags.eq(rd.payload.data[:16]),
+                                         d_next.eq(rd.payload.data[16:])]
+                    with m.If(rd.payload.last):
+                        with m.If(rd.payload.error):
+                            m.d.sync += fail(RingError.DMA)
+                            m.next = "ERROR"
+                        with m.Else():
+                            m.next = "CHECK_DESC"
+
+            # Section 2.7.5.x: what a device may assume of a descriptor, checked.
+            with m.State("CHECK_DESC"):
+                writable = (d_flags & spec.VirtqDescF.WRITE) != 0
+                with m.If(chain_len > cfg.size):
+                    m.d.sync += fail(RingError.CHAIN_LOOP)
+                    m.next = "ERROR"
+                with m.Elif((d_flags & spec.VirtqDescF.INDIRECT) != 0):
+                    m.d.sync += fail(RingError.INDIRECT)
+                    m.next = "ERROR"
+                with m.Elif(d_len == 0):
+                    m.d.sync += fail(RingError.ZERO_LENGTH)
+                    m.next = "ERROR"
+                with m.Elif(((d_flags & spec.VirtqDescF.NEXT) != 0) & (d_next >= cfg.size)):
+                    m.d.sync += fail(RingError.HEAD_RANGE)
+                    m.next = "ERROR"
+                with m.Elif(writable != is_rx):
+                    m.d.sync += fail(RingError.DIRECTION)
+                    m.next = "ERROR"
+                with m.Elif(is_rx):
+                    m.next = "RX_PLAN"
+                with m.Else():
+                    m.next = "TX_PLAN"
+
+            # Step 4, transmit (section 5.1.6.2): the header is skipped (no
+            # offload is offered), the rest is the frame.
+            with m.State("TX_PLAN"):
+                skip = Signal(32)
+                m.d.comb += skip.eq(Mux(d_len < hdr_left, d_len, hdr_left))
+                data_len = Signal(33)
+                m.d.comb += data_len.eq(d_len - skip)
+                m.d.sync += [hdr_left.eq(hdr_left - skip), seg_addr.eq(d_addr + skip),
+                             tx_read_len.eq(data_len)]
+                with m.If((data_len == 0) | tx_drop):
+                    m.next = "CHAIN_NEXT"
+                with m.Elif(frame_bytes + data_len > self.max_tx_frame):
+                    m.d.sync += tx_drop.eq(1)            # too long: dropped, still returned
+                    m.next = "CHAIN_NEXT"
+                with m.Else():
+                    m.d.sync += frame_bytes.eq(frame_bytes + data_len)
+                    m.next = "TX_READ"
+            with m.State("TX_READ"):
+                m.d.comb += [rd_req.valid.eq(1), rd_req.payload.addr.eq(seg_addr),
+                             rd_req.payload.length.eq(tx_read_len)]
+                with m.If(rd_req.ready):
+                    m.next = "TX_MOVE"
+            with m.State("TX_MOVE"):
+                tail = tx_read_len[:2]
+                final = (d_flags & spec.VirtqDescF.NEXT) == 0
+                m.d.comb += [
+                    self.tx.valid.eq(rd.valid),
+                    rd.ready.eq(self.tx.ready),
+                    self.tx.payload.data.eq(rd.payload.data),
+                    self.tx.payload.keep.eq(Mux(rd.payload.last & (tail != 0),
+                                                (Const(1, 5) << tail) - 1, 0b1111)),
+                    self.tx.payload.last.eq(rd.payload.last & final),
+                ]
+                with m.If(rd.valid & rd.ready & rd.payload.last):
+                    with m.If(rd.payload.error):
+                        m.d.sync += tx_drop.eq(1)
+                        m.d.sync += fail(RingError.DMA)
+                        m.next = "TX_ERROR_END"
+                    with m.Elif(final):
+                        m.next = "TX_WAIT"
+                    with m.Else():
+                        m.next = "CHAIN_NEXT"
+            with m.State("TX_END"):
+                # the frame's last byte went out with a NEXT still to walk
+                # (or was dropped): close the frame with an empty beat
+                with m.If(frame_bytes == 0):
+                    m.d.comb += [self.tx_empty.eq(1)]
+                    m.next = "WRITE_USED_ELEM"
+                with m.Else():
+                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.last.eq(1)]
+                    with m.If(self.tx.ready):
+                        m.next = "TX_WAIT"
+            with m.State("TX_WAIT"):
+                with m.If(self.tx_done):
+                    m.next = "WRITE_USED_ELEM"
+            with m.State("TX_ERROR_END"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.last.eq(1)]
+                with m.If(self.tx.ready):
+                    m.next = "ERROR"
+
+            # Step 4, receive (section 5.1.6.3): header, then the frame, across
+            # the chain's buffers; the first must hold the whole header.
+            with m.State("RX_PLAN"):
+                room = Signal(33)
+                base = Signal(64)
+                with m.If(chain_len == 1):
+                    m.d.comb += [room.eq(d_len - spec.VIRTIO_NET_HDR_SIZE),
+                                 base.eq(d_addr + spec.VIRTIO_NET_HDR_SIZE)]
+                with m.Else():
+                    m.d.comb += [room.eq(d_len), base.eq(d_addr)]
+                left = rx_len - rx_pos
+                m.d.sync += [seg_addr.eq(base), seg_len.eq(Mux(room < left, room, left))]
+                with m.If((chain_len == 1) & (d_len < spec.VIRTIO_NET_HDR_SIZE)):
+                    m.next = "RX_TOO_BIG"              # not even the header fits
+                with m.Elif(chain_len == 1):
+                    m.next = "RX_WRITE_HDR"
+                with m.Else():
+                    m.next = "RX_WRITE_SEG"
+            with m.State("RX_WRITE_HDR"):
+                m.d.comb += [wr_req.valid.eq(1), wr_req.payload.addr.eq(d_addr),
+                             wr_req.payload.length.eq(spec.VIRTIO_NET_HDR_SIZE)]
+                with m.If(wr_req.ready):
+                    m.d.sync += dw.eq(0)
+                    m.next = "RX_HDR_DATA"
+            with m.State("RX_HDR_DATA"):
+                # virtio_net_hdr v1: no flags, no GSO, num_buffers = 1 (section 5.1.6.4)
+                m.d.comb += [wr.valid.eq(1), wr.payload.last.eq(dw == _HDR_DWORDS - 1)]
+                with m.If(dw == _HDR_DWORDS - 1):
+                    m.d.comb += wr.payload.data.eq(1 << 16)
+                with m.If(wr.ready):
+                    m.d.sync += dw.eq(dw + 1)
+                    with m.If(dw == _HDR_DWORDS - 1):
+                        m.next = "RX_WRITE_SEG"
+            with m.State("RX_WRITE_SEG"):
+                with m.If(seg_len == 0):
+                    m.next = "RX_SEG_DONE"
+                with m.Else():
+                    m.d.comb += [wr_req.valid.eq(1), wr_req.payload.addr.eq(seg_addr),
+                                 wr_req.payload.length.eq(seg_len)]
+                    with m.If(wr_req.ready):
+                        m.next = "RX_SEG_REQ"
+            with m.State("RX_SEG_REQ"):
+                m.d.comb += [self.rx_seg_req.valid.eq(1),
+                             self.rx_seg_req.payload.offset.eq(rx_pos),
+                             self.rx_seg_req.payload.length.eq(seg_len)]
+                with m.If(self.rx_seg_req.ready):
+                    m.next = "RX_SEG_DATA"
+            with m.State("RX_SEG_DATA"):
+                m.d.comb += [wr.valid.eq(self.rx_seg.valid),
+                             self.rx_seg.ready.eq(wr.ready),
+                             wr.payload.data.eq(self.rx_seg.payload.data),
+                             wr.payload.last.eq(self.rx_seg.payload.last)]
+                with m.If(self.rx_seg.valid & wr.ready & self.rx_seg.payload.last):
+                    m.d.sync += rx_pos.eq(rx_pos + seg_len)
+                    m.next = "RX_SEG_DONE"
+            with m.State("RX_SEG_DONE"):
+                with m.If(rx_pos == rx_len):
+                    m.d.sync += used_len.eq(rx_len + spec.VIRTIO_NET_HDR_SIZE)
+                    m.d.comb += self.rx_delivered.eq(1)
+                    m.next = "RX_POP"
+                with m.Elif((d_flags & spec.VirtqDescF.NEXT) != 0):
+                    m.next = "CHAIN_NEXT"
+                with m.Else():
+                    m.next = "RX_TOO_BIG"
+            with m.State("RX_TOO_BIG"):
+                # the chain ends before the frame does: the frame is dropped
+                # and the buffer returned empty (Linux counts a length error)
+                m.d.sync += used_len.eq(0)
+                m.d.comb += self.rx_too_big.eq(1)
+                m.next = "RX_POP"
+            with m.State("RX_POP"):
+                m.d.comb += self.rx_pop.eq(1)
+                m.next = "WRITE_USED_ELEM"
+
+            with m.State("CHAIN_NEXT"):
+                with m.If((d_flags & spec.VirtqDescF.NEXT) != 0):
+                    m.d.sync += desc_idx.eq(d_next)
+                    m.next = "READ_DESC"
+                with m.Elif(is_rx):
+                    m.next = "RX_TOO_BIG"
+                with m.Else():
+                    m.next = "TX_END"
+
+            # Step 5: the used ring (section 2.7.8).
+            with m.State("WRITE_USED_ELEM"):
+                m.d.comb += [wr_req.valid.eq(1),
+                             wr_req.payload.addr.eq(cfg.device + spec.VIRTQ_RING_HEADER_SIZE
+                                                    + ((cur_used & size_mask) << 3)),
+                             wr_req.payload.length.eq(spec.VIRTQ_USED_ELEM_SIZE)]
+                with m.If(wr_req.ready):
+                    m.d.sync += dw.eq(0)
+                    m.next = "USED_ELEM_DATA"
+            with m.State("USED_ELEM_DATA"):
+                m.d.comb += [wr.valid.eq(1),
+                             wr.payload.data.eq(Mux(dw == 0, head_id, used_len)),
+                             wr.payload.last.eq(dw == 1)]
+                with m.If(wr.ready):
+                    m.d.sync += dw.eq(dw + 1)
+                    with m.If(dw == 1):
+                        m.d.comb += self.tx_sent.eq(~is_rx)
+                        m.d.sync += [cur_used.eq(cur_used + 1), cur_last.eq(cur_last + 1),
+                                     taken.eq(taken + 1)]
+                        m.next = "AFTER_CHAIN"
+            with m.State("AFTER_CHAIN"):
+                # keep going within the batch; RX only while frames wait
+                with m.If((taken != cached) & (~is_rx | self.rx_valid)):
+                    m.next = "NEXT_HEAD"
+                with m.Else():
+                    m.next = "WRITE_USED_IDX"
+            with m.State("WRITE_USED_IDX"):
+                m.d.comb += [wr_req.valid.eq(1),
+                             wr_req.payload.addr.eq(cfg.device + spec.VIRTQ_IDX_OFFSET),
+                             wr_req.payload.length.eq(2)]
+                with m.If(wr_req.ready):
+                    m.next = "USED_IDX_DATA"
+            with m.State("USED_IDX_DATA"):
+                m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(cur_used), wr.payload.last.eq(1)]
+                with m.If(wr.ready):
+                    m.next = "NOTIFY"
+
+            # Step 6: the interrupt, after the writes have left (section 2.7.7).
+            with m.State("NOTIFY"):
+                with m.If(~self.dma_wr.busy):
+                    with m.If(~no_interrupt[q]):
+                        m.d.comb += self.used_notify.eq(1 << q)
+                    m.next = "IDLE"
+
+            with m.State("DONE"):
+                m.next = "IDLE"
+
+            with m.State("ERROR"):
+                m.d.comb += self.needs_reset.eq(1)
+                m.next = "HALTED"
+            with m.State("HALTED"):
+                # nothing more is served until the driver resets the device;
+                # stray read data is taken so the DMA reader never blocks
+                m.d.comb += rd.ready.eq(1)
+        return m

@@ -1,0 +1,392 @@
+"""RingEngine in the Amaranth simulator, against behavioural DMA, host memory
+with split virtqueues, and frame buffers."""
+import random
+import struct
+
+import pytest
+from amaranth.sim import Simulator
+
+from hdl import spec
+from hdl.virtio.ring_engine import RingEngine, RingError
+from tests.amaranth_sim import CLOCK_PERIOD
+from tests.ring_model import HostMemory, SplitRing, serve_dma_read, serve_dma_write
+
+F = spec.VirtqDescF
+HDR = spec.VIRTIO_NET_HDR_SIZE
+MAX_FRAME = 1518
+NUM_QUEUES = 3            # one pair and the control queue
+RXQ, TXQ = 0, 1
+
+
+class Bench:
+    """The engine plus its surroundings; `run(scenario)` drives it."""
+
+    def __init__(self, *, size=8, start_idx=0, seed=1, p_stall=0.3, tx_ready=0.8):
+        self.rng = random.Random(seed)
+        self.mem = HostMemory()
+        self.rings = {RXQ: SplitRing(self.mem, size, start_idx), TXQ: SplitRing(self.mem, size, start_idx)}
+        self.dut = RingEngine(num_queues=NUM_QUEUES, max_tx_frame=MAX_FRAME, initial_idx=start_idx)
+        self.p_stall = p_stall
+        self.tx_ready = tx_ready
+        self.tx_frames = []        # (bytes, aborted)
+        self.tx_empty = 0
+        self.rx_frames = []        # frames waiting on the wire side
+        self.rx_delivered = self.rx_too_big = 0
+        self.notifies = {q: 0 for q in range(NUM_QUEUES)}
+        self.needs_reset = 0
+        self.doorbells = []
+        self.reads = []
+
+    # --- driver-side helpers -------------------------------------------------
+    def post_tx(self, frame, *, pieces=1, start_desc=None):
+        """Post hdr + frame as a chain of `pieces` descriptors."""
+        ring = self.rings[TXQ]
+        data = bytes(HDR) + frame
+        cuts = sorted(self.rng.sample(range(1, len(data)), pieces - 1)) if pieces > 1 else []
+        bounds = [0] + cuts + [len(data)]
+        first = ring.next_desc if start_desc is None else start_desc
+        for n, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            addr = self.mem.alloc(b - a, 1)
+            self.mem.write(addr, data[a:b])
+            index = (first + n) % ring.size
+            last = n == len(bounds) - 2
+            ring.set_desc(index, addr, b - a, 0 if last else F.NEXT, (index + 1) % ring.size)
+        ring.next_desc = (first + len(bounds) - 1) % ring.size
+        ring.post(first)
+        return first
+
+    def post_rx(self, length, *, pieces=1):
+        ring = self.rings[RXQ]
+        first = ring.next_desc
+        buffers = []
+        sizes = [length // pieces] * pieces
+        sizes[-1] += length - sum(sizes)
+        for n, size in enumerate(sizes):
+            addr = self.mem.alloc(size, 1)
+            self.mem.writable.append((addr, addr + size))
+            buffers.append((addr, size))
+            index = (first + n) % ring.size
+            last = n == pieces - 1
+            ring.set_desc(index, addr, size, F.WRITE | (0 if last else F.NEXT), (index + 1) % ring.size)
+        ring.next_desc = (first + pieces) % ring.size
+        ring.post(first)
+        return first, buffers
+
+    def kick(self, queue):
+        self.doorbells.append(queue)
+
+    # --- processes --------------------------------------------------------------
+    async def _doorbell(self, ctx):
+        while True:
+            if self.doorbells:
+                ctx.set(self.dut.doorbell.payload, self.doorbells[0])
+                ctx.set(self.dut.doorbell.valid, 1)
+            else:
+                ctx.set(self.dut.doorbell.valid, 0)
+            _, _, valid, ready = await ctx.tick().sample(self.dut.doorbell.valid, self.dut.doorbell.ready)
+            if valid and ready:
+                self.doorbells.pop(0)
+
+    async def _tx_sink(self, ctx):
+        dut = self.dut
+        current = bytearray()
+        done_in = 0
+        while True:
+            ctx.set(dut.tx.ready, self.rng.random() < self.tx_ready)
+            ctx.set(dut.tx_done, done_in == 1)
+            done_in = max(0, done_in - 1)
+            _, _, valid, ready, payload, abort = await ctx.tick().sample(
+                dut.tx.valid, dut.tx.ready, dut.tx.payload, dut.tx_abort)
+            if valid and ready:
+                for lane in range(4):
+                    if payload.keep >> lane & 1:
+                        current.append(payload.data >> (8 * lane) & 0xFF)
+                if payload.last:
+                    self.tx_frames.append((bytes(current), bool(abort)))
+                    current = bytearray()
+                    done_in = 2
+
+    async def _rx_source(self, ctx):
+        dut = self.dut
+        seg = None
+        while True:
+            ctx.set(dut.rx_valid, bool(self.rx_frames))
+            ctx.set(dut.rx_length, len(self.rx_frames[0]) if self.rx_frames else 0)
+            ctx.set(dut.rx_seg_req.ready, seg is None and bool(self.rx_frames))
+            if seg:
+                chunk = seg[:4]
+                ctx.set(dut.rx_seg.payload, {"data": int.from_bytes(chunk.ljust(4, b"\0"), "little"),
+                                             "keep": (1 << len(chunk)) - 1, "last": len(seg) <= 4})
+            ctx.set(dut.rx_seg.valid, bool(seg))
+            _, _, r_valid, r_ready, req, s_valid, s_ready, pop = await ctx.tick().sample(
+                dut.rx_seg_req.valid, dut.rx_seg_req.ready, dut.rx_seg_req.payload,
+                dut.rx_seg.valid, dut.rx_seg.ready, dut.rx_pop)
+            if r_valid and r_ready:
+                seg = self.rx_frames[0][req.offset:req.offset + req.length]
+            elif s_valid and s_ready:
+                seg = seg[4:] or None
+            if pop:
+                self.rx_frames.pop(0)
+
+    async def _monitor(self, ctx):
+        async for _, _, notify, needs_reset in ctx.tick().sample(self.dut.used_notify, self.dut.needs_reset):
+            for q in range(NUM_QUEUES):
+                self.notifies[q] += notify >> q & 1
+            self.needs_reset += needs_reset
+
+    async def _counters(self, ctx):
+        async for _, _, empty, delivered, too_big in ctx.tick().sample(
+                self.dut.tx_empty, self.dut.rx_delivered, self.dut.rx_too_big):
+            self.tx_empty += empty
+            self.rx_delivered += delivered
+            self.rx_too_big += too_big
+
+    def run(self, scenario, *, cycles=200_000):
+        dut = self.dut
+        sim = Simulator(dut)
+        sim.add_clock(CLOCK_PERIOD)
+
+        async def main(ctx):
+            for q, ring in self.rings.items():
+                ctx.set(dut.queues[q], ring.config())
+            ctx.set(dut.run, 1)
+            await scenario(ctx, self)
+
+        sim.add_testbench(main)
+        async def dma_read(ctx):
+            await serve_dma_read(ctx, dut.dma_rd, self.mem, self.rng, p_stall=self.p_stall,
+                                 fail=lambda addr: self.read_fails(addr), log=self.reads)
+
+        async def dma_write(ctx):
+            await serve_dma_write(ctx, dut.dma_wr, self.mem, self.rng, p_stall=self.p_stall)
+
+        sim.add_testbench(dma_read, background=True)
+        sim.add_testbench(dma_write, background=True)
+        sim.add_testbench(self._doorbell, background=True)
+        sim.add_testbench(self._tx_sink, background=True)
+        sim.add_testbench(self._rx_source, background=True)
+        sim.add_testbench(self._monitor, background=True)
+        sim.add_testbench(self._counters, background=True)
+        sim.run()
+        assert self.mem.violations == [], f"device wrote outside posted buffers: {self.mem.violations}"
+
+    def read_fails(self, addr):
+        return False
+
+
+async def wait_for(ctx, condition, limit=20_000):
+    for _ in range(limit):
+        if condition():
+            return
+        await ctx.tick()
+    raise AssertionError("timed out")
+
+
+def random_frame(rng, length):
+    return rng.randbytes(length)
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_tx_frames_reach_the_wire_and_come_back_used(pieces):
+    bench = Bench(size=8, seed=pieces)
+    frames = [random_frame(bench.rng, n) for n in (60, 61, 62, 63, 64, 1514, 200, 99)]
+
+    async def scenario(ctx, b):
+        heads = [b.post_tx(f, pieces=pieces if len(f) > 8 else 1) for f in frames[:8 // pieces]]
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: len(b.tx_frames) == len(heads) and b.rings[TXQ].used_idx() == len(heads))
+        used = b.rings[TXQ].take_used()
+        assert [u[0] for u in used] == heads
+        assert all(u[1] == 0 for u in used)
+        await wait_for(ctx, lambda: b.notifies[TXQ] >= 1)
+
+    bench.run(scenario)
+    sent = frames[:len(bench.tx_frames)]
+    assert [f for f, _ in bench.tx_frames] == sent
+    assert not any(a for _, a in bench.tx_frames)
+    assert bench.needs_reset == 0
+
+
+def test_indexes_wrap_around_past_0xffff():
+    size = 4
+    bench = Bench(size=size, start_idx=0xFFFE, seed=5)
+    frames = [random_frame(bench.rng, bench.rng.randint(60, 300)) for _ in range(3 * size + 3)]
+
+    async def scenario(ctx, b):
+        ring = b.rings[TXQ]
+        done = 0
+        while done < len(frames):
+            wave = frames[done:done + size]
+            for f in wave:
+                b.post_tx(f)
+            b.kick(TXQ)
+            done += len(wave)
+            await wait_for(ctx, lambda: len(b.tx_frames) == done)
+            await wait_for(ctx, lambda: ring.used_idx() == (0xFFFE + done) & 0xFFFF)
+            ring.take_used()
+
+    bench.run(scenario)
+    assert [f for f, _ in bench.tx_frames] == frames
+
+
+def test_no_interrupt_flag_suppresses_the_notification():
+    bench = Bench(seed=3)
+
+    async def scenario(ctx, b):
+        b.rings[TXQ].set_avail_flags(spec.VirtqAvailF.NO_INTERRUPT)
+        b.post_tx(random_frame(b.rng, 100))
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: b.rings[TXQ].used_idx() == 1)
+        for _ in range(50):
+            await ctx.tick()
+        assert b.notifies[TXQ] == 0
+        b.rings[TXQ].set_avail_flags(0)
+        b.post_tx(random_frame(b.rng, 100))
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: b.notifies[TXQ] == 1)
+
+    bench.run(scenario)
+
+
+def test_too_long_and_too_short_tx_frames_are_dropped_but_returned():
+    bench = Bench(seed=4)
+    good = random_frame(bench.rng, 100)
+
+    async def scenario(ctx, b):
+        b.post_tx(random_frame(b.rng, MAX_FRAME + 1), pieces=2)
+        b.post_tx(b"")                                   # header only
+        b.post_tx(good)
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: b.rings[TXQ].used_idx() == 3)
+
+    bench.run(scenario)
+    kept = [f for f, aborted in bench.tx_frames if not aborted]
+    assert kept == [good]
+    assert bench.tx_empty + sum(a for _, a in bench.tx_frames) == 2
+    assert bench.needs_reset == 0
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_rx_frames_land_in_posted_buffers(pieces):
+    bench = Bench(size=16, seed=10 + pieces)
+    frames = [random_frame(bench.rng, n) for n in (60, 1514, 61, 333)]
+
+    async def scenario(ctx, b):
+        posted = [b.post_rx(HDR + 1518, pieces=pieces) for _ in frames]
+        b.kick(RXQ)
+        for _ in range(20):
+            await ctx.tick()
+        b.rx_frames.extend(frames)
+        await wait_for(ctx, lambda: b.rings[RXQ].used_idx() == len(frames))
+        used = b.rings[RXQ].take_used()
+        for (head, buffers), frame, (uid, ulen) in zip(posted, frames, used):
+            assert uid == head and ulen == HDR + len(frame)
+            got = b"".join(b.mem.read(a, n) for a, n in buffers)[:ulen]
+            hdr = struct.unpack("<BBHHHHH", got[:HDR])
+            assert hdr == (0, 0, 0, 0, 0, 0, 1), hdr                # num_buffers 1
+            assert got[HDR:] == frame
+        await wait_for(ctx, lambda: b.notifies[RXQ] >= 1)
+
+    bench.run(scenario)
+    assert bench.rx_delivered == len(frames)
+
+
+def test_rx_frame_larger_than_the_chain_is_dropped_and_the_buffer_returned_empty():
+    bench = Bench(seed=21)
+
+    async def scenario(ctx, b):
+        b.post_rx(HDR + 100)
+        head, _ = b.post_rx(HDR + 600)
+        b.kick(RXQ)
+        b.rx_frames.extend([random_frame(b.rng, 500), random_frame(b.rng, 500)])
+        await wait_for(ctx, lambda: b.rings[RXQ].used_idx() == 2)
+        used = b.rings[RXQ].take_used()
+        assert used[0][1] == 0 and used[1] == (head, HDR + 500)
+
+    bench.run(scenario)
+    assert bench.rx_too_big == 1 and bench.rx_delivered == 1
+
+
+def test_rx_waits_for_buffers_then_delivers():
+    bench = Bench(seed=22)
+    frame = random_frame(bench.rng, 80)
+
+    async def scenario(ctx, b):
+        b.rx_frames.append(frame)
+        for _ in range(300):
+            await ctx.tick()
+        assert b.rx_frames, "a frame with no buffer posted must wait (or be dropped by the FIFO)"
+        b.post_rx(HDR + 1518)
+        b.kick(RXQ)
+        await wait_for(ctx, lambda: b.rings[RXQ].used_idx() == 1)
+
+    bench.run(scenario)
+    assert bench.rx_delivered == 1
+
+
+def _bad(kind):
+    """Scenario for a bad descriptor of `kind`; returns the expected RingError."""
+    async def scenario(ctx, b):
+        ring = b.rings[TXQ if kind != "read_only_rx" else RXQ]
+        buf = b.mem.alloc(200)
+        if kind == "head_out_of_range":
+            ring.post(ring.size + 3)
+        elif kind == "next_out_of_range":
+            ring.set_desc(0, buf, 100, F.NEXT, ring.size)
+            ring.post(0)
+        elif kind == "loop":
+            ring.set_desc(0, buf, 100, F.NEXT, 1)
+            ring.set_desc(1, buf, 100, F.NEXT, 0)
+            ring.post(0)
+        elif kind == "zero_length":
+            ring.set_desc(0, buf, 0)
+            ring.post(0)
+        elif kind == "writable_tx":
+            ring.set_desc(0, buf, 100, F.WRITE)
+            ring.post(0)
+        elif kind == "read_only_rx":
+            ring.set_desc(0, buf, 2000)
+            ring.post(0)
+            b.rx_frames.append(b.rng.randbytes(100))
+        elif kind == "indirect":
+            ring.set_desc(0, buf, 32, F.INDIRECT)
+            ring.post(0)
+        elif kind == "avail_idx_jump":
+            ring.avail_idx = ring.size + 1
+            ring.publish()
+        elif kind == "dma_error":
+            b.read_fails = lambda addr: addr == ring.desc
+            ring.set_desc(0, buf, 100)
+            ring.post(0)
+        b.kick(TXQ if kind != "read_only_rx" else RXQ)
+        await wait_for(ctx, lambda: b.needs_reset == 1)
+        for _ in range(200):
+            await ctx.tick()
+        # halted: a later kick is not served
+        b.post_tx(b.rng.randbytes(100))
+        b.kick(TXQ)
+        for _ in range(500):
+            await ctx.tick()
+        assert b.rings[TXQ].used_idx() == 0 and b.rings[RXQ].used_idx() == 0
+        assert b.tx_frames == []
+    return scenario
+
+
+@pytest.mark.parametrize("kind,error", [
+    ("head_out_of_range", RingError.HEAD_RANGE), ("next_out_of_range", RingError.HEAD_RANGE),
+    ("loop", RingError.CHAIN_LOOP), ("zero_length", RingError.ZERO_LENGTH),
+    ("writable_tx", RingError.DIRECTION), ("read_only_rx", RingError.DIRECTION),
+    ("indirect", RingError.INDIRECT), ("avail_idx_jump", RingError.AVAIL_IDX),
+    ("dma_error", RingError.DMA),
+])
+def test_bad_descriptors_stop_the_engine(kind, error):
+    bench = Bench(seed=hash(kind) & 0xFFFF)
+    errors = []
+
+    async def scenario(ctx, b):
+        await _bad(kind)(ctx, b)
+        errors.append(ctx.get(b.dut.error))
+
+    bench.run(scenario)
+    assert bench.needs_reset == 1
+    assert errors == [error]
