@@ -5,12 +5,12 @@ board build contain the *whole* core (synthesis removes logic whose inputs are
 constant or whose outputs go nowhere), `CoreHarness` drives every core input
 from board pins and observes every core output on the LEDs:
 
-* inputs: ``tlp_rx`` (payload, valid) and ``notify.ready`` come from a
+* inputs: ``tlp_rx`` and ``wire_rx`` (payload, valid) and ``wire_tx.ready`` come from a
   shift register whose serial input is the UART RX pin, mixed with a feedback
   tap so it keeps changing with the pin idle; ``tlp_tx.ready`` and
   ``link_up`` come from DIP switches;
-* outputs: ``tlp_tx`` (payload, valid), ``tlp_rx.ready`` and ``notify``
-  (payload, valid) enter a MISR (multiple-input signature register), whose
+* outputs: ``tlp_tx`` and ``wire_tx`` (payload, valid), ``tlp_rx.ready`` and
+  ``wire_rx.ready`` enter a MISR (multiple-input signature register), whose
   slices are XOR-reduced onto the 8 LEDs. A MISR rather than one big XOR:
   two output bits that happen to be equal would cancel in a plain XOR and let
   synthesis drop both; in a MISR each bit enters its own state bit.
@@ -101,8 +101,10 @@ class CoreHarness(wiring.Component):
         Source feeding the core's ``tlp_rx``; ``ready`` is observed.
     tlp_tx : In(core's tlp_tx signature)
         Sink of the core's ``tlp_tx``; payload and valid are observed.
-    notify : In(core's notify signature)
-        Sink of the core's ``notify``; its ``ready`` comes from the stimulus.
+    wire_rx : Out(core's wire_rx signature)
+        Source feeding the core's ``wire_rx`` (frames); ``ready`` is observed.
+    wire_tx : In(core's wire_tx signature)
+        Sink of the core's ``wire_tx``; its ``ready`` comes from the stimulus.
     link_up : Out(1)
         Drives the core's ``link_up``.
     """
@@ -111,7 +113,8 @@ class CoreHarness(wiring.Component):
         members = core_signature.members
         self._rx_sig = _source_signature(members["tlp_rx"])
         self._tx_sig = _source_signature(members["tlp_tx"])
-        self._notify_sig = _source_signature(members["notify"])
+        self._wire_rx_sig = _source_signature(members["wire_rx"])
+        self._wire_tx_sig = _source_signature(members["wire_tx"])
         super().__init__({
             "serial_in": In(1),
             "tx_ready_in": In(1),
@@ -119,19 +122,21 @@ class CoreHarness(wiring.Component):
             "leds": Out(LED_COUNT),
             "tlp_rx": Out(self._rx_sig),
             "tlp_tx": In(self._tx_sig),
-            "notify": In(self._notify_sig),
+            "wire_rx": Out(self._wire_rx_sig),
+            "wire_tx": In(self._wire_tx_sig),
             "link_up": Out(1),
         })
 
     @property
     def stimulus_width(self):
-        """Bits of the stimulus register: rx payload, rx valid, notify ready."""
-        return _payload_width(self._rx_sig) + 2
+        """Bits of the stimulus register: TLP rx and frame rx payload and
+        valid, frame tx ready."""
+        return _payload_width(self._rx_sig) + _payload_width(self._wire_rx_sig) + 3
 
     @property
     def observed_width(self):
-        """Bits entering the MISR: tx payload+valid, rx ready, notify payload+valid."""
-        return _payload_width(self._tx_sig) + _payload_width(self._notify_sig) + 3
+        """Bits entering the MISR: TLP and frame tx payload+valid, both rx readys."""
+        return _payload_width(self._tx_sig) + _payload_width(self._wire_tx_sig) + 4
 
     @property
     def flops(self):
@@ -141,7 +146,7 @@ class CoreHarness(wiring.Component):
     def observed(self):
         """Every core output bit, as one value (the MISR's parallel input)."""
         return Cat(self.tlp_tx.payload, self.tlp_tx.valid, self.tlp_rx.ready,
-                   self.notify.payload, self.notify.valid)
+                   self.wire_tx.payload, self.wire_tx.valid, self.wire_rx.ready)
 
     def elaborate(self, platform):
         m = Module()
@@ -150,7 +155,8 @@ class CoreHarness(wiring.Component):
         feedback = stimulus[-1] ^ stimulus[-STIMULUS_TAP] ^ self.serial_in
         m.d.sync += stimulus.eq(Cat(feedback, stimulus[:-1]))
         m.d.comb += [
-            Cat(self.tlp_rx.payload, self.tlp_rx.valid, self.notify.ready).eq(stimulus),
+            Cat(self.tlp_rx.payload, self.tlp_rx.valid, self.wire_rx.payload, self.wire_rx.valid,
+                self.wire_tx.ready).eq(stimulus),
             self.tlp_tx.ready.eq(self.tx_ready_in),
             self.link_up.eq(self.link_up_in),
         ]
@@ -228,7 +234,8 @@ class VersaTop(Elaboratable):
 
         wiring.connect(m, harness.tlp_rx, core.tlp_rx)
         wiring.connect(m, core.tlp_tx, harness.tlp_tx)
-        wiring.connect(m, core.notify, harness.notify)
+        wiring.connect(m, harness.wire_rx, core.wire_rx)
+        wiring.connect(m, core.wire_tx, harness.wire_tx)
         m.d.comb += core.link_up.eq(harness.link_up)
 
         for index in range(LED_COUNT):

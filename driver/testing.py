@@ -11,24 +11,61 @@ without gateware or simulator:
 - the device status state machine (section 2.1): reset on writing 0, and
   FEATURES_OK refused when the driver accepted a feature not offered;
 - DMA memory made of allocations filled with garbage, so that a driver
-  forgetting to zero its rings is noticed.
+  forgetting to zero its rings is noticed; and the driver's DMA mappings
+  (dma_map/dma_unmap): the device reads only mapped memory and writes only
+  memory mapped FROM_DEVICE; the driver must not write memory it has mapped
+  FROM_DEVICE, nor unmap what it did not map;
+- a split-ring engine (section 2.7) for the receive and transmit queues. It
+  reads avail idx, ring entries and descriptors (chained or indirect, their
+  rules checked) from DMA memory and writes used elements, then used idx.
+  Used buffer notifications honour NO_INTERRUPT, or used_event under
+  EVENT_IDX. The device asks for available buffer notifications when it has
+  caught up (transmit queue processed, receive queue out of buffers): it
+  writes avail_event under EVENT_IDX; without EVENT_IDX it sets and clears
+  NO_NOTIFY only if `use_no_notify` (a simple device may never set it);
+- the wire: frames the device transmits are appended to `tx_frames`, their
+  virtio_net_hdr checked and removed; `inject_rx(frame)` writes a frame into
+  receive queue 0 (over as many buffers as needed with MRG_RXBUF, counted in
+  num_buffers) or drops and counts it when no buffer fits;
+- interrupts: one MSI-X message per used buffer notification, counted per
+  vector in `msix_counts`, and left pending (one bit per vector, like a CPU's
+  interrupt request register) until `wait_interrupt` takes it; without a
+  vector the ISR QUEUE bit is set instead. `wait_interrupt`'s timeout is
+  wall-clock time here;
+- timing: the device is infinitely fast. A notification of a transmit queue
+  processes it at once, unless `tx_autoprocess` is False: the test then calls
+  `process_tx()`, modelling a device that lags behind the driver.
+
+Kicks are counted per queue (`queues[i].kicks`, and listed in
+`notifications`), used buffer notifications too (`queues[i].interrupts`).
+Test-only: `ring_start_index` starts the device's ring indexes at a value
+other than 0 and expects the driver's to start there too (virtio_ring's
+start_index), to reach 16-bit wrap-around within a few packets.
 
 Driver mistakes the real device could not report (a field accessed with the
 wrong width, a status bit cleared without reset, a queue reprogrammed while
-enabled...) raise FakeDeviceProtocolError and are kept in `protocol_errors`.
-The PCI configuration access capability's window is present but not
-functional. Interrupts are not modelled: wait_interrupt always times out.
+enabled, a malformed descriptor chain, a device access outside the
+mappings...) raise FakeDeviceProtocolError and are kept in `protocol_errors`.
+The ring engine runs inside the driver's notification or the test's
+inject_rx/process_tx call, so its errors surface there. Not modelled: the PCI
+configuration access window, the control queue, MSI-X masking.
 """
 from __future__ import annotations
 
+import asyncio
+import bisect
+import collections
 import dataclasses
+import struct
+from collections.abc import Iterator
 
 from hdl import spec
 from hdl.spec import VirtioCommonCfg as Common
 from hdl.spec import VirtioF, VirtioNetCfg, VirtioNetF, VirtioPciCap, VirtioPciCapType
-from hdl.spec import VirtioStatus
+from hdl.spec import VirtioStatus, VirtqAvailF, VirtqDescF, VirtqUsedF, vring_need_event
 
-from .transport import CONFIG_ACCESS_SIZES, MMIO_ACCESS_SIZES, Transport, TransportError
+from .transport import (CONFIG_ACCESS_SIZES, MMIO_ACCESS_SIZES, DmaDirection, Transport,
+                        TransportError)
 
 # Where things are in the model. Arbitrary but realistic.
 BAR0_ADDRESS = 0xFE00_0000
@@ -72,6 +109,11 @@ COMMON_FIELD_SIZES = {
 QUEUE_ADDRESS_FIELDS = {Common.QUEUE_DESC: "desc", Common.QUEUE_DRIVER: "driver",
                         Common.QUEUE_DEVICE: "device"}
 
+IDX_MASK = 0xFFFF
+_DESC = struct.Struct("<QIHH")          # struct virtq_desc (section 2.7.5)
+_USED_ELEM = struct.Struct("<II")       # struct virtq_used_elem (section 2.7.8)
+_LE16 = struct.Struct("<H")
+
 
 class FakeDeviceProtocolError(AssertionError):
     """The driver did something the virtio specification forbids."""
@@ -86,11 +128,27 @@ class FakeQueue:
     desc: int = 0
     driver: int = 0
     device: int = 0
+    # ring engine state (section 2.7): next avail entry to read, next used idx
+    last_avail_idx: int = 0
+    used_idx: int = 0
+    pending: bool = False        # notified, not processed yet (tx_autoprocess off)
+    kicks: int = 0               # available buffer notifications received
+    interrupts: int = 0          # used buffer notifications sent
 
-    def reset(self) -> None:
+    def reset(self, start_index: int = 0) -> None:
         self.size = self.max_size
         self.msix_vector = spec.VIRTIO_MSI_NO_VECTOR
         self.enable = self.desc = self.driver = self.device = 0
+        self.last_avail_idx = self.used_idx = start_index
+        self.pending = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One descriptor of a buffer, as the device read it."""
+    addr: int
+    len: int
+    writable: bool
 
 
 class FakeVirtioNetDevice(Transport):
@@ -100,7 +158,8 @@ class FakeVirtioNetDevice(Transport):
                  mtu: int = spec.ETH_DATA_LEN, max_pairs: int = 1, link_up: bool = True,
                  queue_max_size: int = 256, num_queues: int | None = None,
                  msix_vectors: int = 0, refuse_features_ok: bool = False,
-                 device_id: int = spec.VIRTIO_NET_PCI_DEVICE_ID) -> None:
+                 device_id: int = spec.VIRTIO_NET_PCI_DEVICE_ID, ring_start_index: int = 0,
+                 tx_autoprocess: bool = True, use_no_notify: bool = False) -> None:
         self.features = features
         self.mac = mac
         self.mtu = mtu
@@ -112,6 +171,26 @@ class FakeVirtioNetDevice(Transport):
             num_queues = spec.virtqueue_pairs_to_queues(max_pairs)
         self.queues = [FakeQueue(queue_max_size) for _ in range(num_queues)]
         self.notify_length = NOTIFY_OFF_MULTIPLIER * num_queues
+        self.ring_start_index = ring_start_index
+        self.tx_autoprocess = tx_autoprocess
+        self.use_no_notify = use_no_notify
+
+        # The wire and the ring engine's counters.
+        self.tx_frames: list[bytes] = []
+        self.rx_delivered = 0
+        self.rx_dropped_no_buffer = 0
+        self.rx_dropped_too_big = 0
+        self.indirect_buffers = 0           # buffers read through an indirect table
+        self.chained_buffers = 0            # buffers of more than one direct descriptor
+
+        # Interrupts: messages per vector, pending bits, waiting coroutines.
+        self.msix_counts: collections.Counter[int] = collections.Counter()
+        self._irq_pending: set[int] = set()
+        self._irq_waiters: dict[int, list[asyncio.Future]] = {}
+
+        # DMA mappings, sorted by address: (addr, end, direction).
+        self._mappings: list[tuple[int, int, DmaDirection]] = []
+        self._longest_mapping = 0
 
         # Observable history, for tests.
         self.protocol_errors: list[str] = []
@@ -124,7 +203,8 @@ class FakeVirtioNetDevice(Transport):
 
         self.config = bytearray(spec.PCI_CFG_SPACE_SIZE)
         self._build_config_space(device_id)
-        self._allocations: list[tuple[int, bytearray]] = []
+        self._allocations: list[tuple[int, bytearray]] = []   # sorted: a bump allocator
+        self._allocation_bases: list[int] = []
         self._dma_next = DMA_BASE
         self.config_generation = 0
         self._reset_state()
@@ -212,7 +292,7 @@ class FakeVirtioNetDevice(Transport):
         self.queue_select = 0
         self.isr = 0
         for q in self.queues:
-            q.reset()
+            q.reset(self.ring_start_index)
 
     def _violation(self, message: str) -> None:
         self.protocol_errors.append(message)
@@ -249,6 +329,7 @@ class FakeVirtioNetDevice(Transport):
                 self._violation(f"notification of queue {value} with {size} bytes at "
                                 f"+{offset:#x}")
             self.notifications.append(value)
+            self._on_notify(value)
         else:
             self._violation(f"write to read-only {region} structure at +{offset:#x}")
 
@@ -397,6 +478,10 @@ class FakeVirtioNetDevice(Transport):
         if new & VirtioStatus.DRIVER_OK and not new & VirtioStatus.FEATURES_OK:
             self._violation("DRIVER_OK set without FEATURES_OK")
         self.status = new
+        if new & VirtioStatus.DRIVER_OK and not old & VirtioStatus.DRIVER_OK:
+            for q in self.queues:
+                if q.enable:
+                    self._enable_notifications(q)
 
     def _device_config(self) -> bytes:
         """struct virtio_net_config (section 5.1.4)."""
@@ -418,31 +503,392 @@ class FakeVirtioNetDevice(Transport):
     def dma_alloc(self, size: int, align: int) -> int:
         addr = -(-self._dma_next // align) * align
         self._allocations.append((addr, bytearray([DMA_GARBAGE]) * size))
+        self._allocation_bases.append(addr)
         self._dma_next = addr + size
         return addr
 
     def _dma_find(self, addr: int, length: int) -> tuple[bytearray, int]:
-        for base, data in self._allocations:
-            if base <= addr and addr + length <= base + len(data):
+        i = bisect.bisect_right(self._allocation_bases, addr) - 1
+        if i >= 0:
+            base, data = self._allocations[i]
+            if addr + length <= base + len(data):
                 return data, addr - base
         raise TransportError(f"DMA access of {length} bytes at {addr:#x} outside any allocation")
 
     def dma_peek(self, addr: int, length: int) -> bytes:
-        """Read DMA memory without awaiting (test checks)."""
+        """Read DMA memory without awaiting or checks (test inspection)."""
         data, offset = self._dma_find(addr, length)
         return bytes(data[offset:offset + length])
+
+    def dma_poke(self, addr: int, data: bytes) -> None:
+        """Write DMA memory without checks (tests corrupting what the device wrote)."""
+        buf, offset = self._dma_find(addr, len(data))
+        buf[offset:offset + len(data)] = data
 
     async def dma_read(self, addr: int, length: int) -> bytes:
         return self.dma_peek(addr, length)
 
     async def dma_write(self, addr: int, data: bytes) -> None:
-        buf, offset = self._dma_find(addr, len(data))
-        buf[offset:offset + len(data)] = data
+        if self._overlaps_mapping(addr, len(data), DmaDirection.FROM_DEVICE):
+            self._violation(f"driver wrote {len(data)} bytes at {addr:#x}, memory it has "
+                            f"mapped FROM_DEVICE (the device owns it)")
+        self.dma_poke(addr, data)
+
+    # --- DMA mappings -------------------------------------------------------------------------
+
+    def dma_map(self, addr: int, length: int, direction: DmaDirection) -> None:
+        if length <= 0:
+            self._violation(f"dma_map of {length} bytes at {addr:#x}")
+        self._dma_find(addr, length)
+        bisect.insort(self._mappings, (addr, addr + length, direction),
+                      key=lambda m: (m[0], m[1]))
+        self._longest_mapping = max(self._longest_mapping, length)
+
+    def dma_unmap(self, addr: int, length: int, direction: DmaDirection) -> None:
+        try:
+            self._mappings.remove((addr, addr + length, direction))
+        except ValueError:
+            self._violation(f"dma_unmap of {length} bytes at {addr:#x} {direction.name}: "
+                            f"not mapped so")
+
+    @property
+    def mappings(self) -> list[tuple[int, int, DmaDirection]]:
+        """The driver's current mappings as (addr, length, direction)."""
+        return [(a, end - a, d) for a, end, d in self._mappings]
+
+    def _mappings_near(self, addr: int, end: int) -> Iterator[tuple[int, int, DmaDirection]]:
+        """Mappings that start before `end` and may reach `addr`, nearest first."""
+        i = bisect.bisect_left(self._mappings, end, key=lambda m: m[0])
+        for j in range(i - 1, -1, -1):
+            mapping = self._mappings[j]
+            if mapping[0] < addr - self._longest_mapping:
+                break
+            yield mapping
+
+    def _is_mapped(self, addr: int, length: int, direction: DmaDirection | None) -> bool:
+        """Whether one mapping (of `direction`, if given) holds the whole range."""
+        return any(a <= addr and addr + length <= end and direction in (None, d)
+                   for a, end, d in self._mappings_near(addr, addr + length))
+
+    def _overlaps_mapping(self, addr: int, length: int, direction: DmaDirection) -> bool:
+        return any(end > addr and d == direction
+                   for _, end, d in self._mappings_near(addr, addr + length))
+
+    def _dev_read(self, addr: int, length: int, what: str) -> bytes:
+        """A DMA read by the device: bus mastering on, memory mapped."""
+        self._check_bus_master(what)
+        if not self._is_mapped(addr, length, None):
+            self._violation(f"device read of {what} ({length} bytes at {addr:#x}): not mapped")
+        return self.dma_peek(addr, length)
+
+    def _dev_write(self, addr: int, data: bytes, what: str) -> None:
+        """A DMA write by the device: only into memory mapped FROM_DEVICE."""
+        self._check_bus_master(what)
+        if not self._is_mapped(addr, len(data), DmaDirection.FROM_DEVICE):
+            self._violation(f"device write of {what} ({len(data)} bytes at {addr:#x}) "
+                            f"outside the driver's FROM_DEVICE mappings")
+        self.dma_poke(addr, data)
+
+    def _dev_read16(self, addr: int, what: str) -> int:
+        return _LE16.unpack(self._dev_read(addr, 2, what))[0]
+
+    def _dev_write16(self, addr: int, value: int, what: str) -> None:
+        self._dev_write(addr, _LE16.pack(value & IDX_MASK), what)
+
+    def _check_bus_master(self, what: str) -> None:
+        if not self.command & spec.PciCommand.BUS_MASTER:
+            self._violation(f"device DMA ({what}) with bus mastering disabled")
 
     # --- interrupts ---------------------------------------------------------------------------
 
     def msix_vectors_available(self) -> int:
         return self.msix_vectors
 
+    def _raise_msix(self, vector: int) -> None:
+        self.msix_counts[vector] += 1
+        woken = False
+        for future in self._irq_waiters.pop(vector, []):
+            if not future.done():
+                future.set_result(None)
+                woken = True
+        if not woken:
+            self._irq_pending.add(vector)
+
+    def interrupt_pending(self, vector: int) -> bool:
+        return vector in self._irq_pending
+
     async def wait_interrupt(self, vector: int, timeout_ns: int) -> None:
-        raise TimeoutError(f"no interrupt on vector {vector}: the model raises none")
+        """Take the vector's pending interrupt, or wait for one (wall-clock timeout)."""
+        if vector in self._irq_pending:
+            self._irq_pending.discard(vector)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._irq_waiters.setdefault(vector, []).append(future)
+        try:
+            await asyncio.wait_for(future, timeout_ns / 1e9)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no interrupt on vector {vector} within {timeout_ns} ns") \
+                from None
+        finally:
+            waiters = self._irq_waiters.get(vector, [])
+            if future in waiters:
+                waiters.remove(future)
+
+    # --- ring engine: queues and notifications (sections 2.7.7, 2.7.10) -----------------------
+
+    def _negotiated(self, feature: int) -> bool:
+        return bool(self.driver_features & feature)
+
+    def _queue_role(self, index: int) -> str:
+        if self._negotiated(VirtioNetF.CTRL_VQ) and index == 2 * self.max_pairs:
+            return "ctrl"
+        return "rx" if index % 2 == 0 else "tx"
+
+    def _running(self, q: FakeQueue) -> bool:
+        return bool(q.enable and self.status & VirtioStatus.DRIVER_OK
+                    and not self.status & VirtioStatus.DEVICE_NEEDS_RESET)
+
+    def _on_notify(self, index: int) -> None:
+        if not self.status & VirtioStatus.DRIVER_OK:
+            self._violation(f"notification of queue {index} before DRIVER_OK (section 3.1.1)")
+        if index >= len(self.queues) or not self.queues[index].enable:
+            self._violation(f"notification of queue {index}, which is not enabled")
+        q = self.queues[index]
+        q.kicks += 1
+        if self._queue_role(index) == "tx":
+            if self.tx_autoprocess:
+                self._process_tx_queue(index)
+            else:
+                q.pending = True
+                self._disable_notifications(q)
+
+    def _enable_notifications(self, q: FakeQueue) -> None:
+        """Ask for a notification on the next available buffer (section 2.7.10)."""
+        if self._negotiated(VirtioF.EVENT_IDX):
+            self._dev_write16(q.device + spec.virtq_avail_event_offset(q.size),
+                              q.last_avail_idx, "avail_event")
+        elif self.use_no_notify:
+            self._dev_write16(q.device + spec.VIRTQ_FLAGS_OFFSET, 0, "used flags")
+
+    def _disable_notifications(self, q: FakeQueue) -> None:
+        """Under EVENT_IDX, leaving avail_event behind is enough."""
+        if not self._negotiated(VirtioF.EVENT_IDX) and self.use_no_notify:
+            self._dev_write16(q.device + spec.VIRTQ_FLAGS_OFFSET, int(VirtqUsedF.NO_NOTIFY),
+                              "used flags")
+
+    def _avail_pending(self, q: FakeQueue) -> int:
+        """Buffers made available and not read yet (section 2.7.6)."""
+        avail_idx = self._dev_read16(q.driver + spec.VIRTQ_IDX_OFFSET, "avail idx")
+        pending = (avail_idx - q.last_avail_idx) & IDX_MASK
+        if pending > q.size:
+            self._violation(f"queue {self.queues.index(q)}: avail idx {avail_idx:#x} is "
+                            f"{pending} ahead of the device's {q.last_avail_idx:#x}, more than "
+                            f"the queue size {q.size} (section 2.7.6)")
+        return pending
+
+    def _avail_head(self, q: FakeQueue, nth: int = 0) -> int:
+        slot = (q.last_avail_idx + nth) & (q.size - 1)
+        head = self._dev_read16(q.driver + spec.virtq_avail_entry_offset(slot), "avail ring")
+        if head >= q.size:
+            self._violation(f"queue {self.queues.index(q)}: avail ring entry {head} is not a "
+                            f"descriptor index (queue size {q.size})")
+        return head
+
+    def _read_chain(self, q: FakeQueue, head: int) -> list[Segment]:
+        """The descriptors of one buffer, direct or indirect (sections 2.7.5, 2.7.5.3)."""
+        index = self.queues.index(q)
+        table, table_size, i = q.desc, q.size, head
+        indirect = False
+        segments: list[Segment] = []
+        while True:
+            if i >= table_size:
+                self._violation(f"queue {index}: descriptor {i} outside a table of {table_size}")
+            addr, length, flags, next_ = _DESC.unpack(self._dev_read(
+                table + spec.VIRTQ_DESC_SIZE * i, spec.VIRTQ_DESC_SIZE, "descriptor"))
+            flags = VirtqDescF(flags)
+            if flags & VirtqDescF.INDIRECT:
+                table, table_size = self._enter_indirect(index, indirect, addr, length, flags)
+                indirect, i = True, 0
+                self.indirect_buffers += 1
+                continue
+            if segments and segments[-1].writable and not flags & VirtqDescF.WRITE:
+                self._violation(f"queue {index}: device-readable descriptor after a writable "
+                                f"one (section 2.7.4)")
+            segments.append(Segment(addr, length, bool(flags & VirtqDescF.WRITE)))
+            if len(segments) > table_size:
+                self._violation(f"queue {index}: descriptor chain from {head} loops")
+            if not flags & VirtqDescF.NEXT:
+                break
+            i = next_
+        if not indirect and len(segments) > 1:
+            self.chained_buffers += 1
+        return segments
+
+    def _enter_indirect(self, index: int, nested: bool, addr: int, length: int,
+                        flags: VirtqDescF) -> tuple[int, int]:
+        """Checks of section 2.7.5.3.1 on a descriptor with INDIRECT."""
+        if not self._negotiated(VirtioF.INDIRECT_DESC):
+            self._violation(f"queue {index}: INDIRECT descriptor without INDIRECT_DESC")
+        if nested:
+            self._violation(f"queue {index}: INDIRECT descriptor inside an indirect table")
+        if flags & VirtqDescF.NEXT:
+            self._violation(f"queue {index}: descriptor with both INDIRECT and NEXT")
+        if not length or length % spec.VIRTQ_DESC_SIZE:
+            self._violation(f"queue {index}: indirect table of {length} bytes")
+        entries = length // spec.VIRTQ_DESC_SIZE
+        if entries > self.queues[index].size:
+            self._violation(f"queue {index}: indirect table of {entries} entries, longer than "
+                            f"the queue")
+        return addr, entries
+
+    def _push_used(self, q: FakeQueue, elems: list[tuple[int, int]]) -> None:
+        """Write used elements, then used idx, then notify if asked (section 2.7.8)."""
+        old = q.used_idx
+        for k, (head, length) in enumerate(elems):
+            slot = (old + k) & (q.size - 1)
+            self._dev_write(q.device + spec.virtq_used_elem_offset(slot),
+                            _USED_ELEM.pack(head, length), "used element")
+        q.used_idx = (old + len(elems)) & IDX_MASK
+        self._dev_write16(q.device + spec.VIRTQ_IDX_OFFSET, q.used_idx, "used idx")
+        if self._wants_interrupt(q, old, q.used_idx):
+            self._notify_used(q)
+
+    def _wants_interrupt(self, q: FakeQueue, old: int, new: int) -> bool:
+        """Section 2.7.7.2: used_event with EVENT_IDX, else the NO_INTERRUPT flag."""
+        if self._negotiated(VirtioF.EVENT_IDX):
+            used_event = self._dev_read16(q.driver + spec.virtq_used_event_offset(q.size),
+                                          "used_event")
+            return vring_need_event(used_event, new, old)
+        flags = self._dev_read16(q.driver + spec.VIRTQ_FLAGS_OFFSET, "avail flags")
+        return not flags & VirtqAvailF.NO_INTERRUPT
+
+    def _notify_used(self, q: FakeQueue) -> None:
+        q.interrupts += 1
+        if q.msix_vector != spec.VIRTIO_MSI_NO_VECTOR:
+            self._raise_msix(q.msix_vector)
+        else:
+            self.isr |= spec.VirtioIsr.QUEUE
+
+    # --- transmit: driver -> wire (section 5.1.6.2) -------------------------------------------
+
+    def process_tx(self, queue: int | None = None) -> int:
+        """Transmit what the driver made available on one transmit queue, or all.
+
+        Returns the frames sent. Called by notifications unless tx_autoprocess
+        is False.
+        """
+        indexes = [queue] if queue is not None else [
+            i for i in range(len(self.queues)) if self._queue_role(i) == "tx"]
+        return sum(self._process_tx_queue(i) for i in indexes)
+
+    def _process_tx_queue(self, index: int) -> int:
+        q = self.queues[index]
+        if not self._running(q):
+            return 0
+        pending = self._avail_pending(q)
+        elems = []
+        for nth in range(pending):
+            head = self._avail_head(q, nth)
+            self.tx_frames.append(self._transmit(index, self._read_chain(q, head)))
+            elems.append((head, 0))                # the device wrote nothing
+        q.last_avail_idx = (q.last_avail_idx + pending) & IDX_MASK
+        if elems:
+            self._push_used(q, elems)
+        q.pending = False
+        self._enable_notifications(q)                # caught up
+        return len(elems)
+
+    def _transmit(self, index: int, segments: list[Segment]) -> bytes:
+        if any(seg.writable for seg in segments):
+            self._violation(f"queue {index}: device-writable descriptor in a transmit buffer")
+        data = b"".join(self._dev_read(seg.addr, seg.len, "transmit buffer")
+                        for seg in segments)
+        hdr_len = spec.VIRTIO_NET_HDR_SIZE
+        if len(data) < hdr_len + spec.ETH_HLEN:
+            self._violation(f"queue {index}: transmit buffer of {len(data)} bytes")
+        flags = data[spec.VIRTIO_NET_HDR_FLAGS_OFFSET]
+        gso_type = data[spec.VIRTIO_NET_HDR_GSO_TYPE_OFFSET]
+        num_buffers = int.from_bytes(data[spec.VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET:][:2],
+                                     "little")
+        if flags and not self._negotiated(VirtioNetF.CSUM):
+            self._violation(f"queue {index}: virtio_net_hdr flags {flags:#x} without CSUM")
+        if gso_type != spec.VIRTIO_NET_HDR_GSO_NONE:
+            self._violation(f"queue {index}: gso_type {gso_type} without a HOST_* offload")
+        if num_buffers:
+            self._violation(f"queue {index}: num_buffers {num_buffers} in a transmitted "
+                            f"header (section 5.1.6.2.1: must be 0)")
+        return data[hdr_len:]
+
+    # --- receive: wire -> driver (sections 5.1.6.3, 5.1.6.4) ---------------------------------
+
+    def inject_rx(self, frame: bytes, pair: int = 0, *, num_buffers: int | None = None) -> bool:
+        """A frame arrives from the wire for receive queue `pair`.
+
+        Writes header + frame into the next buffer (several with MRG_RXBUF),
+        returns it used and notifies if asked; returns False and counts a
+        drop when the queue is not running or has no (big enough) buffer.
+        `num_buffers` overrides the header field (tests of driver checks).
+        """
+        q = self.queues[spec.rx_queue_index(pair)]
+        if not self._running(q):
+            self.rx_dropped_no_buffer += 1
+            return False
+        packet_len = spec.VIRTIO_NET_HDR_SIZE + len(frame)
+        buffers = self._rx_buffers(q, packet_len)
+        if buffers is None:
+            return False
+        count = len(buffers) if self._negotiated(VirtioNetF.MRG_RXBUF) else 1
+        header = bytearray(spec.VIRTIO_NET_HDR_SIZE)      # no offload: flags, gso 0
+        offset = spec.VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET
+        header[offset:offset + 2] = \
+            (count if num_buffers is None else num_buffers).to_bytes(2, "little")
+        self._push_used(q, self._scatter(bytes(header) + frame, buffers))
+        q.last_avail_idx = (q.last_avail_idx + len(buffers)) & IDX_MASK
+        if self._avail_pending(q):
+            self._disable_notifications(q)
+        else:
+            self._enable_notifications(q)                # out of buffers: tell me
+        self.rx_delivered += 1
+        return True
+
+    def _rx_buffers(self, q: FakeQueue,
+                    packet_len: int) -> list[tuple[int, list[Segment]]] | None:
+        """The buffers the packet will take, or None (dropped and counted)."""
+        index = self.queues.index(q)
+        pending = self._avail_pending(q)
+        mergeable = self._negotiated(VirtioNetF.MRG_RXBUF)
+        buffers, capacity = [], 0
+        while capacity < packet_len and len(buffers) < pending:
+            head = self._avail_head(q, len(buffers))
+            segments = self._read_chain(q, head)
+            if not all(seg.writable for seg in segments):
+                self._violation(f"queue {index}: device-readable descriptor in a receive "
+                                f"buffer")
+            buffers.append((head, segments))
+            capacity += sum(seg.len for seg in segments)
+            if not mergeable:
+                break
+        if capacity >= packet_len:
+            return buffers
+        if buffers and not mergeable:
+            self.rx_dropped_too_big += 1
+        else:
+            self.rx_dropped_no_buffer += 1
+            self._enable_notifications(q)
+        return None
+
+    def _scatter(self, packet: bytes, buffers: list[tuple[int, list[Segment]]]
+                 ) -> list[tuple[int, int]]:
+        """Write the packet across the buffers; their used elements (id, bytes written)."""
+        elems, offset = [], 0
+        for head, segments in buffers:
+            written = 0
+            for seg in segments:
+                chunk = packet[offset:offset + seg.len]
+                if not chunk:
+                    break
+                self._dev_write(seg.addr, chunk, "receive buffer")
+                offset += len(chunk)
+                written += len(chunk)
+            elems.append((head, written))
+        return elems

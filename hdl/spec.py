@@ -409,3 +409,73 @@ VIRTIO_NET_HDR_SIZE = 12          # v1 header: flags .. num_buffers
 VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET = 10
 ETH_HLEN = 14
 VLAN_HLEN = 4
+
+
+# --- DMA requester: memory read/write requests and their completions ---------
+# (PCIe Base 4.0 sections 2.2.5, 2.2.6.2, 2.2.7, 2.2.9, 2.3.1.1, 7.5.3.4)
+
+PCIE_REQUEST_BOUNDARY_BYTES = 4096  # no memory request may cross a 4 KB boundary (2.2.7)
+PCIE_MAX_SIZE_CODE = 5              # MPS/MRRS 101b = 4096 bytes; 110b, 111b reserved (7.5.3.4)
+PCIE_SIZE_CODE_BITS = 3
+PCIE_TAG_BITS = 5                   # tags usable without Extended Tag Field Enable (2.2.6.2)
+PCIE_BYTE_COUNT_BITS = 12           # Completion Byte Count; 0 means 4096 bytes (2.2.9)
+PCIE_LOWER_ADDRESS_BITS = 7         # Completion Lower Address (2.2.9, 2.3.1.1)
+
+
+# --- driver datapath: ring field offsets, virtio_net_hdr fields ---------------
+# (virtio 1.2 sections 2.7.6-2.7.10 and 5.1.6; used by driver/ and its fake device)
+
+VIRTQ_FLAGS_OFFSET = 0            # flags, first field of both rings (sections 2.7.6, 2.7.8)
+VIRTQ_USED_ELEM_LEN_OFFSET = 4    # struct virtq_used_elem: id (le32) then len (le32)
+VIRTQ_EVENT_SIZE = 2              # used_event / avail_event, le16
+
+
+def virtq_avail_entry_offset(slot):
+    """Offset of avail->ring[slot] in the available ring (section 2.7.6)."""
+    return VIRTQ_RING_HEADER_SIZE + VIRTQ_AVAIL_ELEM_SIZE * slot
+
+
+def virtq_used_elem_offset(slot):
+    """Offset of used->ring[slot] in the used ring (section 2.7.8)."""
+    return VIRTQ_RING_HEADER_SIZE + VIRTQ_USED_ELEM_SIZE * slot
+
+
+def virtq_used_event_offset(num):
+    """Offset of used_event, after avail->ring[num] (sections 2.7.6, 2.7.7)."""
+    return virtq_avail_entry_offset(num)
+
+
+def virtq_avail_event_offset(num):
+    """Offset of avail_event, after used->ring[num] (sections 2.7.8, 2.7.10)."""
+    return virtq_used_elem_offset(num)
+
+
+VIRTIO_NET_HDR_FLAGS_OFFSET = 0       # struct virtio_net_hdr (section 5.1.6)
+VIRTIO_NET_HDR_GSO_TYPE_OFFSET = 1
+VIRTIO_NET_HDR_GSO_NONE = 0           # gso_type without segmentation offload
+
+
+# --- this device's statistics window in BAR0 (device-specific, not virtio) ---
+# Read-only 32-bit counters that wrap; cleared by device reset (hdl/net/counters.py).
+
+STATS_BAR_OFFSET = 0x6000
+STATS_WINDOW_BYTES = 0x2000
+STATS_QUEUE_BASE = 0x40            # byte offset of queue 0's block
+STATS_QUEUE_STRIDE = 0x10          # bytes per queue: packets, bytes, drops, 0
+
+
+class StatsDrop(enum.IntEnum):
+    """Frames dropped, by reason: DW index in the window."""
+    RX_NO_SPACE = 0            # RX frame buffer full (no RX buffers posted for a while)
+    RX_TOO_SHORT = 1           # shorter than an Ethernet header
+    RX_TOO_LONG = 2            # longer than MTU + header + VLAN tag
+    RX_BUFFER_TOO_SMALL = 3    # the posted chain could not hold it (returned empty)
+    TX_TOO_SHORT = 4
+    TX_TOO_LONG = 5
+
+
+class StatsQueue(enum.IntEnum):
+    """DW index inside one queue's block."""
+    PACKETS = 0
+    BYTES = 1
+    DROPS = 2

@@ -14,12 +14,19 @@ for tests that need a device advertising something else.
 """
 import dataclasses
 
-from amaranth.hdl import Module, Mux
+from amaranth.hdl import Module, Mux, ResetInserter
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from . import spec
+from .lib.byte_packer import BytePacker
 from .net.frame import FrameStreamSignature
+from .net.packet_fifo import DropReason, PacketFifo
+from .net.wire_tx import FrameSender
+from .pcie.dma_read import DmaReader
+from .pcie.dma_write import DmaWriter
+from .virtio.ring_engine import RingEngine
+from .net.counters import STATS_ADDR_WIDTH, DropCounter, QueueCounters
 from .net.device_cfg import DEVICE_CFG_ADDR_WIDTH, NetDeviceConfig
 from .pcie.completer import Completer
 from .pcie.config_space import ConfigHeader, ConfigSpace
@@ -50,11 +57,16 @@ class CoreParams:
     mac: bytes = DEFAULT_MAC
     mtu: int = spec.ETH_DATA_LEN
     features: int | None = None        # None: implemented_features()
+    # Test only: ring indexes start here instead of 0 (section 2.7 says 0), so
+    # that tests reach the 16-bit wrap-around in a few packets.
+    ring_start_index: int = 0
 
     def __post_init__(self):
         # the MSI-X table (16 bytes a vector) must fit its 4 KiB page in BAR0
         if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
             raise ValueError(f"queue_pairs {self.queue_pairs} out of range 1..{MAX_QUEUE_PAIRS}")
+        if not 0 <= self.ring_start_index <= 0xFFFF:
+            raise ValueError(f"ring_start_index {self.ring_start_index:#x} is not a 16-bit index")
         if self.queue_size_max & (self.queue_size_max - 1) or not 1 <= self.queue_size_max <= 32768:
             raise ValueError(f"queue_size_max {self.queue_size_max}: a power of two up to 32768")
 
@@ -67,6 +79,17 @@ class CoreParams:
         return spec.virtqueue_pairs_to_queues(self.queue_pairs)
 
     @property
+    def max_frame(self):
+        """Longest frame on the wire: MTU + Ethernet header + one VLAN tag."""
+        return self.mtu + spec.ETH_HLEN + spec.VLAN_HLEN
+
+    @property
+    def frame_buffer_dwords(self):
+        """Each direction's frame buffer holds two longest frames."""
+        dwords = -(-2 * self.max_frame // 4)
+        return 1 << (dwords - 1).bit_length()
+
+    @property
     def msix_vectors(self):
         # one per queue, as Linux asks, plus the config vector
         return self.num_queues
@@ -74,21 +97,20 @@ class CoreParams:
     def tag(self):
         """A short name for build directories: one per parameter set."""
         return (f"qp{self.queue_pairs}_qs{self.queue_size_max}_mtu{self.mtu}"
-                f"_mac{self.mac.hex()}_f{self.device_features:016x}")
+                f"_mac{self.mac.hex()}_f{self.device_features:016x}"
+                + (f"_idx{self.ring_start_index:04x}" if self.ring_start_index else ""))
 
 
 class VirtioNetCore(wiring.Component):
     """Ports:
         tlp_rx:  In(TlpStreamSignature()), TLPs from the host.
         tlp_tx:  Out(TlpStreamSignature()), TLPs to the host.
-        notify:  Out(stream.Signature(16)), doorbells (queue index).
         link_up: In(1), the Ethernet link state.
         wire_tx: Out(FrameStreamSignature), frames to the wire.
         wire_rx: In(FrameStreamSignature), frames from the wire.
     """
     tlp_rx: In(TlpStreamSignature())
     tlp_tx: Out(TlpStreamSignature())
-    notify: Out(stream.Signature(16))
     link_up: In(1)
     wire_tx: Out(FrameStreamSignature)
     wire_rx: In(FrameStreamSignature)
@@ -100,7 +122,7 @@ class VirtioNetCore(wiring.Component):
             device_features=params.device_features, num_queues=params.num_queues,
             queue_size_max=params.queue_size_max, msix_vectors=params.msix_vectors,
             device_cfg_size=spec.VIRTIO_NET_CFG_SIZE, device_cfg_addr_width=DEVICE_CFG_ADDR_WIDTH,
-            layout=layout)
+            stats_addr_width=STATS_ADDR_WIDTH, layout=layout)
         self.config_space_pcie_cap = pcie_cap = PciExpressCapability()
         header = ConfigHeader(
             vendor_id=spec.VIRTIO_PCI_VENDOR_ID, device_id=spec.VIRTIO_NET_PCI_DEVICE_ID,
@@ -113,6 +135,12 @@ class VirtioNetCore(wiring.Component):
         self.completer = Completer(bar_size=layout.size,
                                    window_data_dw=self.config_space.window_data_dw)
         self.device_cfg = NetDeviceConfig(params.mac, params.queue_pairs, params.mtu)
+        self.engine = RingEngine(num_queues=params.num_queues, max_tx_frame=params.max_frame,
+                                 initial_idx=params.ring_start_index)
+        self.tx_fifo = PacketFifo(depth=params.frame_buffer_dwords, min_length=spec.ETH_HLEN,
+                                  max_length=params.max_frame, backpressure=True)
+        self.rx_fifo = PacketFifo(depth=params.frame_buffer_dwords, min_length=spec.ETH_HLEN,
+                                  max_length=params.max_frame, backpressure=False)
         super().__init__()
 
     def elaborate(self, platform):
@@ -123,7 +151,7 @@ class VirtioNetCore(wiring.Component):
         m.submodules.config_space = config_space = self.config_space
         m.submodules.transport = transport = self.transport
         m.submodules.device_cfg = device_cfg = self.device_cfg
-        m.submodules.arbiter = arbiter = TxArbiter(2)
+        m.submodules.arbiter = arbiter = TxArbiter(4)
         m.submodules.packer = packer = DwordPacker()
 
         connect(m, wiring.flipped(self.tlp_rx), unpacker.i)
@@ -136,27 +164,86 @@ class VirtioNetCore(wiring.Component):
         connect(m, completer.cfg, config_space.bus)
         connect(m, completer.bar, transport.bar)
         connect(m, transport.device_cfg, device_cfg.bus)
-        connect(m, transport.doorbell, wiring.flipped(self.notify))
 
         # Max_Payload_Size as programmed, but never above what DevCap offers.
         mps_field = config_space.devctl[spec.PCIE_DEVCTL_MPS_SHIFT:][:3]
         mps_supported = self.config_space_pcie_cap.mps_code
         mps = Mux(mps_field > mps_supported, mps_supported, mps_field)
 
-        # No DMA requester yet (ring engine issue): completions have no
-        # reader, so they are taken and dropped rather than stall the link.
-        m.d.comb += demux.cpl.ready.eq(1)
+        # --- DMA requester and ring engine --------------------------------
+        dev_reset = transport.device_reset
+        m.submodules.dma_read = dma_read = ResetInserter(dev_reset)(DmaReader())
+        m.submodules.dma_write = dma_write = ResetInserter(dev_reset)(DmaWriter())
+        m.submodules.engine = engine = ResetInserter(dev_reset)(self.engine)
+        m.submodules.tx_packer = tx_packer = ResetInserter(dev_reset)(BytePacker())
+        m.submodules.tx_fifo = tx_fifo = ResetInserter(dev_reset)(self.tx_fifo)
+        m.submodules.tx_sender = tx_sender = ResetInserter(dev_reset)(FrameSender())
+        m.submodules.rx_fifo = rx_fifo = ResetInserter(dev_reset)(self.rx_fifo)
+        m.submodules.rx_packer = rx_packer = ResetInserter(dev_reset)(BytePacker())
 
-        # TEMPORARY until the datapath lands: the wire side loops back.
-        from amaranth.lib.fifo import SyncFIFOBuffered
-        from .net.frame import FrameBeat
-        m.submodules.wire_loop = loop = SyncFIFOBuffered(width=FrameBeat.size, depth=16)
+        connect(m, demux.cpl, dma_read.cpl)
+        connect(m, dma_read.tlp, arbiter.i[2])
+        connect(m, dma_write.tlp, arbiter.i[3])
+        connect(m, engine.dma_rd, dma_read.client)
+        connect(m, engine.dma_wr, dma_write.client)
+        connect(m, transport.doorbell, engine.doorbell)
+        for i, queue in enumerate(transport.queues):
+            m.d.comb += engine.queues[i].eq(queue)
+
+        # TX: engine -> packer -> frame buffer -> wire
+        connect(m, engine.tx, tx_packer.i)
+        connect(m, tx_packer.o, tx_fifo.w)
+        connect(m, tx_sender.seg_req, tx_fifo.seg_req)
+        connect(m, tx_fifo.seg, tx_sender.seg)
+        connect(m, tx_sender.o, wiring.flipped(self.wire_tx))
+        # RX: wire -> frame buffer -> (segments) -> packer -> engine
+        connect(m, wiring.flipped(self.wire_rx), rx_fifo.w)
+        connect(m, engine.rx_seg_req, rx_fifo.seg_req)
+        connect(m, rx_fifo.seg, rx_packer.i)
+        connect(m, rx_packer.o, engine.rx_seg)
+
+        # --- statistics -------------------------------------------------------
+        m.submodules.counters = counters = ResetInserter(dev_reset)(QueueCounters(self.params.num_queues))
+        connect(m, transport.stats, counters.bus)
+        tx_dropped = tx_fifo.dropped != 0
+        rx_dropped = rx_fifo.dropped != 0
         m.d.comb += [
-            loop.w_data.eq(self.wire_rx.payload), loop.w_en.eq(self.wire_rx.valid),
-            self.wire_rx.ready.eq(loop.w_rdy),
-            self.wire_tx.payload.eq(loop.r_data), self.wire_tx.valid.eq(loop.r_rdy),
-            loop.r_en.eq(self.wire_tx.ready),
+            counters.queue.eq(engine.queue),
+            counters.packet.eq(tx_fifo.committed | engine.rx_delivered),
+            counters.length.eq(Mux(engine.rx_delivered, engine.rx_length, tx_fifo.length)),
+            counters.drop.eq(tx_dropped | engine.tx_empty | engine.rx_too_big),
+            counters.rx_drop.eq(rx_dropped),
+            counters.reasons[DropCounter.RX_NO_SPACE].eq(rx_fifo.dropped[DropReason.NO_SPACE]),
+            counters.reasons[DropCounter.RX_TOO_SHORT].eq(rx_fifo.dropped[DropReason.TOO_SHORT]),
+            counters.reasons[DropCounter.RX_TOO_LONG].eq(rx_fifo.dropped[DropReason.TOO_LONG]),
+            counters.reasons[DropCounter.RX_BUFFER_TOO_SMALL].eq(engine.rx_too_big),
+            counters.reasons[DropCounter.TX_TOO_SHORT].eq(
+                tx_fifo.dropped[DropReason.TOO_SHORT] | engine.tx_empty),
+            counters.reasons[DropCounter.TX_TOO_LONG].eq(
+                tx_fifo.dropped[DropReason.TOO_LONG] | tx_fifo.dropped[DropReason.ABORTED]),
         ]
+
+        status = transport.status
+        m.d.comb += [
+            engine.run.eq(((status & spec.VirtioStatus.DRIVER_OK) != 0)
+                          & ((status & spec.VirtioStatus.DEVICE_NEEDS_RESET) == 0)),
+            tx_fifo.w_abort.eq(engine.tx_abort),
+            engine.tx_done.eq(tx_fifo.committed | (tx_fifo.dropped != 0)),
+            tx_sender.head_valid.eq(tx_fifo.head_valid),
+            tx_sender.head_length.eq(tx_fifo.head_length),
+            tx_fifo.pop.eq(tx_sender.pop),
+            engine.rx_valid.eq(rx_fifo.head_valid),
+            engine.rx_length.eq(rx_fifo.head_length),
+            rx_fifo.pop.eq(engine.rx_pop),
+            transport.used_notify.eq(engine.used_notify),
+            transport.needs_reset.eq(engine.needs_reset),
+        ]
+        bus_master = (config_space.command & spec.PciCommand.BUS_MASTER) != 0
+        mrrs = config_space.devctl[spec.PCIE_DEVCTL_MRRS_SHIFT:][:3]
+        for dma in (dma_read, dma_write):
+            m.d.comb += [dma.requester_id.eq(completer.completer_id), dma.bus_master.eq(bus_master)]
+        m.d.comb += [dma_read.mrrs.eq(mrrs), dma_write.mps.eq(mps)]
+
 
         m.d.comb += [
             completer.memory_enable.eq((config_space.command & spec.PciCommand.MEMORY_SPACE) != 0),
@@ -173,8 +260,6 @@ class VirtioNetCore(wiring.Component):
                 (config_space.msix_control & spec.MsixControl.FUNCTION_MASK) != 0),
             transport.bus_master.eq((config_space.command & spec.PciCommand.BUS_MASTER) != 0),
             transport.requester_id.eq(completer.completer_id),
-            # no ring engine yet: no used buffer notifications
-            transport.used_notify.eq(0),
             transport.config_changed.eq(device_cfg.changed),
         ]
         return m

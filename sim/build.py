@@ -32,7 +32,8 @@ def _say(progress, message):
 
 def params_to_json(params):
     return json.dumps({"queue_pairs": params.queue_pairs, "queue_size_max": params.queue_size_max,
-                       "mac": params.mac.hex(), "mtu": params.mtu, "features": params.features})
+                       "mac": params.mac.hex(), "mtu": params.mtu, "features": params.features,
+                       "ring_start_index": params.ring_start_index})
 
 
 def params_from_json(text):

@@ -1,6 +1,8 @@
-"""The system testbench: clock, reset, root complex, the core as a PCIe device, host memory."""
+"""The system testbench: clock, reset, root complex, the core as a PCIe device,
+guarded host memory, and the wire side (frame source, frame sink, pcap)."""
 import logging
 import os
+from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
@@ -12,7 +14,9 @@ from hdl import spec
 
 from .build import CLOCK_PERIOD_NS, params_from_json
 from .device import CoreDevice
+from .host_memory import HostMemoryGuard
 from .transport import CocotbPcieTransport
+from .wire import FrameSink, FrameSource, PcapRecorder
 
 __all__ = ["TB"]
 
@@ -20,6 +24,18 @@ HOST_MEMORY_BYTES = 1 << 20
 # one root port (00:01.0), whose secondary bus 1 holds the DUT
 DUT_ID = PcieId(1, 0, 0)
 RESET_CYCLES = 8
+PCAP_NAME = "wire.pcapng"
+
+
+def output_dir():
+    """Where a run's files go: $VNF_OUT if it is a directory, the directory of
+    the file it names otherwise (the CLI's jobs), else the simulator's working
+    directory (build/<params>/sim_build)."""
+    out = os.environ.get("VNF_OUT")
+    if not out:
+        return Path.cwd()
+    out = Path(out)
+    return out if out.is_dir() else out.parent
 
 
 class TB:
@@ -28,9 +44,16 @@ class TB:
     After ``await init()``: ``rc`` has enumerated the bus, ``function`` is the
     DUT's PciDevice (BARs assigned, memory and bus mastering on, MSI-X vectors
     allocated) and ``transport`` is what the driver is given.
+
+    From construction on: ``guard`` (sim.host_memory.HostMemoryGuard) checks
+    every device write against the driver's FROM_DEVICE mappings (call
+    `check_memory` at the end of a test); ``wire_source`` drives ``wire_rx``
+    (frames into the device), ``wire_sink`` takes ``wire_tx`` (frames out of
+    it, always ready until told otherwise); ``pcap`` records both into
+    ``output_dir() / pcap_name`` (created at the first frame).
     """
 
-    def __init__(self, dut):
+    def __init__(self, dut, *, pcap_name=PCAP_NAME):
         self.dut = dut
         self.log = logging.getLogger("cocotb.tb")
         # cocotbext-pcie reports every empty slot it probes; keep its errors only
@@ -41,10 +64,14 @@ class TB:
         self.dev = CoreDevice(dut)
         self.rc.make_port().connect(self.dev)
         self.mem = self.rc.mem_pool.alloc_region(HOST_MEMORY_BYTES)
+        self.guard = HostMemoryGuard(self.rc)
+        self.wire_source = FrameSource(dut, "wire_rx", dut.clk)
+        self.wire_sink = FrameSink(dut, "wire_tx", dut.clk, reset=dut.rst)
+        self.pcap = PcapRecorder(output_dir() / pcap_name)
+        self.pcap.attach(self.wire_source, self.wire_sink)
         self.function = None
         self.transport = None
         dut.link_up.value = 1
-        dut.notify__ready.value = 1
         cocotb.start_soon(Clock(dut.clk, CLOCK_PERIOD_NS, unit="ns").start())
 
     async def reset(self):
@@ -61,13 +88,18 @@ class TB:
         await self.function.enable_device()
         await self.function.set_master()
         self.transport = CocotbPcieTransport(self.rc, self.function, self.mem,
-                                             self.mem.get_absolute_address(0))
+                                             self.mem.get_absolute_address(0), self.guard)
         if msix:
             vectors = self.params.msix_vectors
             await self.function.alloc_irq_vectors(vectors, vectors)
             self.transport.msix_enabled = True
             self.transport.count_interrupts()
         return self.function
+
+    def check_memory(self):
+        """Fail (AssertionError, listing them) if the device wrote host memory
+        outside the FROM_DEVICE mappings, or sent a malformed MSI message."""
+        self.guard.check()
 
     def _find_function(self):
         """The enumerated virtio function: the only device behind the root port."""

@@ -8,13 +8,16 @@ __all__ = ["CocotbPcieTransport"]
 
 class CocotbPcieTransport(Transport):
     """``rc``: the RootComplex; ``function``: the enumerated PciDevice; ``mem``:
-    a host memory region (cocotbext-pcie's MemoryRegion) for DMA."""
+    a host memory region (cocotbext-pcie's MemoryRegion) for DMA; ``guard``:
+    a sim.host_memory.HostMemoryGuard that ``dma_map``/``dma_unmap`` feed
+    (None: mappings are only range-checked)."""
 
-    def __init__(self, rc, function, mem, mem_base):
+    def __init__(self, rc, function, mem, mem_base, guard=None):
         self.rc = rc
         self.function = function
         self.mem = mem
         self.mem_base = mem_base
+        self.guard = guard
         self._next_free = 0
         self.msix_enabled = False
         self.interrupts = []
@@ -56,6 +59,16 @@ class CocotbPcieTransport(Transport):
 
     async def dma_write(self, addr, data):
         await self.mem.write(self._mem_offset(addr, len(data)), bytes(data))
+
+    def dma_map(self, addr, length, direction):
+        self._mem_offset(addr, length)
+        if self.guard is not None:
+            self.guard.map(addr, length, direction)
+
+    def dma_unmap(self, addr, length, direction):
+        self._mem_offset(addr, length)
+        if self.guard is not None:
+            self.guard.unmap(addr, length, direction)
 
     def msix_vectors_available(self):
         return len(self.function.msi_vectors) if self.msix_enabled else 0

@@ -63,14 +63,17 @@ def test_core_inputs_all_toggle():
     m.submodules.harness = harness
     wiring.connect(m, harness.tlp_rx, core.tlp_rx)
     wiring.connect(m, core.tlp_tx, harness.tlp_tx)
-    wiring.connect(m, core.notify, harness.notify)
+    wiring.connect(m, harness.wire_rx, core.wire_rx)
+    wiring.connect(m, core.wire_tx, harness.wire_tx)
     m.d.comb += core.link_up.eq(harness.link_up)
 
     inputs = {
         "tlp_rx.payload": core.tlp_rx.payload.as_value(),
         "tlp_rx.valid": core.tlp_rx.valid,
         "tlp_tx.ready": core.tlp_tx.ready,
-        "notify.ready": core.notify.ready,
+        "wire_rx.payload": core.wire_rx.payload.as_value(),
+        "wire_rx.valid": core.wire_rx.valid,
+        "wire_tx.ready": core.wire_tx.ready,
         "link_up": core.link_up,
     }
     seen_one = {name: 0 for name in inputs}

@@ -232,7 +232,7 @@ def test_features_ok_and_reset():
     run(tb)
 
 
-def test_device_config_isr_notify_and_cfg_window():
+def test_device_config_isr_and_cfg_window():
     params = CoreParams(mac=bytes.fromhex("52540012abcd"), mtu=9000, queue_pairs=2)
 
     async def tb(host, core):
@@ -252,17 +252,7 @@ def test_device_config_isr_notify_and_cfg_window():
         # ISR: config change, cleared by the read
         assert await read_le(host, BAR + L.isr, 1) == spec.VirtioIsr.CONFIG
         assert await read_le(host, BAR + L.isr, 1) == 0
-        # doorbells for queues 3 and 1, lowest first, each once
-        await write_le(host, BAR + L.notify + 3 * 4, 2, 3)
-        await write_le(host, BAR + L.notify + 1 * 4, 2, 1)
-        await write_le(host, BAR + L.notify + 3 * 4, 2, 3)             # coalesces
-        rang = []
-        ctx.set(core.notify.ready, 1)
-        for _ in range(10):
-            if ctx.get(core.notify.valid):      # taken at the next edge
-                rang.append(ctx.get(core.notify.payload))
-            await ctx.tick()
-        assert rang == [1, 3]
+        # (doorbells: NotifyRegion's own tests, and the system tests' traffic)
         # the PCI cfg access window reads the MTU through config space
         window = 0xCC
         await host.cfg_write(window + spec.VirtioPciCap.BAR, 0, be=0b0001)

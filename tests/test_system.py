@@ -36,3 +36,12 @@ def test_broken_feature_set_is_refused():
 def test_build_parameters(params):
     """Each parameter set is its own build (build/<tag>/); probe reads what was built."""
     run(params, ["enumeration", "probe"])
+
+
+DATAPATH_CASES = ["tx_frames_reach_the_wire", "rx_frames_reach_the_driver"]
+
+
+def test_datapath():
+    results = run_cocotb(CoreParams(), "sim.cocotb_tests.datapath", DATAPATH_CASES)
+    assert len(cases(results)) == len(DATAPATH_CASES)
+    assert not failed_cases(results), f"cocotb tests failed: {failed_cases(results)}"

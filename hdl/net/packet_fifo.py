@@ -57,6 +57,7 @@ class PacketFifo(wiring.Component):
         w_abort:   In(1), sampled with a frame's last beat: take the frame back.
         dropped:   Out(len(DropReason)), one-hot pulse: a frame was taken back, why.
         committed: Out(1), pulse: a frame became readable.
+        length:    Out(16), with ``committed`` or ``dropped``: the frame's bytes so far.
         head_valid:  Out(1), a frame is readable.
         head_length: Out(16), its length in bytes.
         seg_req:   In(stream.Signature(Segment)), read a byte range of the head frame.
@@ -82,6 +83,7 @@ class PacketFifo(wiring.Component):
             "w_abort": In(1),
             "dropped": Out(len(DropReason)),
             "committed": Out(1),
+            "length": Out(_LENGTH_BITS),
             "head_valid": Out(1),
             "head_length": Out(_LENGTH_BITS),
             "seg_req": In(stream.Signature(Segment)),
@@ -125,6 +127,7 @@ class PacketFifo(wiring.Component):
             wr.data.eq(self.w.payload.data),
             head_in.start.eq(frame_start),
             head_in.length.eq(new_count),
+            self.length.eq(new_count),
         ]
         with m.If(self.w.valid & self.w.ready):
             m.d.sync += count.eq(new_count)

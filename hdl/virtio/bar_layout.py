@@ -7,12 +7,14 @@
     0x3000  notifications          one DW per queue
     0x4000  MSI-X table            16 bytes per vector
     0x5000  MSI-X PBA
-    0x6000  (reads zero)
+    0x6000  statistics             device-specific counters (hdl/net/counters.py)
 
 Each structure starts on its own 4 KiB page, as a hypervisor mapping them
 separately would want.
 """
 import dataclasses
+
+from .. import spec
 
 __all__ = ["BarLayout"]
 
@@ -29,6 +31,7 @@ class BarLayout:
     notify: int = 0x3000
     msix_table: int = 0x4000
     msix_pba: int = 0x5000
+    stats: int = spec.STATS_BAR_OFFSET
 
     @property
     def addr_width(self):

@@ -33,6 +33,7 @@ class VirtioPciTransport(wiring.Component):
     """Ports:
         bar:         In(RegisterBusSignature), BAR0 from the completer.
         device_cfg:  Out(RegisterBusSignature), the device-specific config window.
+        stats:       Out(RegisterBusSignature), the device's statistics window.
         doorbell:    Out(stream.Signature(16)), notified queue indexes.
         queues:      Out(QueueConfig).array(num_queues).
         status:      Out(8), device_status.
@@ -51,7 +52,7 @@ class VirtioPciTransport(wiring.Component):
     """
 
     def __init__(self, *, device_features, num_queues, queue_size_max, msix_vectors,
-                 device_cfg_size, device_cfg_addr_width, layout=BarLayout()):
+                 device_cfg_size, device_cfg_addr_width, stats_addr_width, layout=BarLayout()):
         self.layout = layout
         self.num_queues = num_queues
         self.msix_vectors = msix_vectors
@@ -61,10 +62,12 @@ class VirtioPciTransport(wiring.Component):
         self._table_width = _width(msix_vectors * spec.MSIX_ENTRY_SIZE // 4)
         self._pba_width = _width((msix_vectors + 31) // 32)
         self._device_cfg_width = device_cfg_addr_width
+        self._stats_width = stats_addr_width
         self.capabilities = self._capabilities(device_cfg_size)
         super().__init__({
             "bar": In(RegisterBusSignature(layout.addr_width)),
             "device_cfg": Out(RegisterBusSignature(device_cfg_addr_width)),
+            "stats": Out(RegisterBusSignature(stats_addr_width)),
             "doorbell": Out(stream.Signature(16)),
             "queues": Out(QueueConfig).array(num_queues),
             "status": Out(8),
@@ -104,6 +107,7 @@ class VirtioPciTransport(wiring.Component):
             ("notify", L.notify // 4, self._notify_width),
             ("msix_table", L.msix_table // 4, self._table_width),
             ("msix_pba", L.msix_pba // 4, self._pba_width),
+            ("stats", L.stats // 4, self._stats_width),
         ])
         m.submodules.common = common = self._common
         m.submodules.isr = isr = IsrStatus()
@@ -114,6 +118,7 @@ class VirtioPciTransport(wiring.Component):
         connect(m, decoder.common, common.bus)
         connect(m, decoder.isr, isr.bus)
         connect(m, decoder.device, wiring.flipped(self.device_cfg))
+        connect(m, decoder.stats, wiring.flipped(self.stats))
         connect(m, decoder.notify, notify.bus)
         connect(m, decoder.msix_table, msix.table)
         connect(m, decoder.msix_pba, msix.pba)
