@@ -1,6 +1,8 @@
 """virtio-net-fpga: run the simulated device, dump its config space, build the board.
 
-    virtio-net-fpga demo [--json] [--pairs N]     probe the simulated device
+    virtio-net-fpga demo [--json] [--pairs N] [--out DIR]
+                                                  probe the simulated device, ARP and ping
+                                                  a peer on the wire; capture in DIR
     virtio-net-fpga lspci -o FILE [--pairs N]     config space in `lspci -xxx` form
     virtio-net-fpga build [--json] [--out DIR]    bitstream for the ECP5 Versa
 
@@ -50,25 +52,98 @@ def run_sim_job(params, job):
         return out.read_text()
 
 
+DEMO_OUT = Path("build") / "demo"    # the demo's result and capture, under the repository
+
+
+def _shown_path(path):
+    """``path`` relative to the working directory when it lies under it."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def run_demo(params, out_dir):
+    """Run the demo job; return its result (JSON). It writes ``out_dir``/demo.json
+    and the capture of the wire, ``out_dir``/wire.pcapng."""
+    from .build import ROOT, build_dir, run_cocotb
+    from .tests_results import failed_cases
+    out_dir = ROOT / DEMO_OUT if out_dir is None else Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_file = out_dir / "demo.json"
+    for stale in (result_file, out_dir / "wire.pcapng"):
+        stale.unlink(missing_ok=True)
+    log = build_dir(params) / "demo.log"
+    started = time.monotonic()
+    try:
+        results = run_cocotb(params, "sim.cocotb_tests.apps", ["demo"],
+                             env={"VNF_OUT": str(result_file)}, progress=_progress, log_file=log)
+    except SystemExit:
+        results = None
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if results is None or failed_cases(results) or not result or result.get("errors"):
+        why = "; ".join(result.get("errors", [])) or "it stopped before writing a result"
+        capture = f"; capture: {_shown_path(result['pcap'])}" if result.get("pcap") else ""
+        raise SystemExit(f"virtio-net-fpga: the simulated demo failed: {why}\n"
+                         f"  simulator log: {log}{capture}")
+    _progress(f"demo done in {time.monotonic() - started:.1f} s, build included (log: {log})")
+    return result
+
+
+def _us(ns):
+    return f"{ns / 1000:.1f}"
+
+
+def format_demo(result):
+    """The demo's result for people: the device, the traffic, the counters, the capture."""
+    dev = result["device"]
+    lines = [f"{dev['bdf']}  [{dev['vendor']}:{dev['device']}] class {dev['class']}  "
+             f"Virtio 1.0 network device"]
+    for bar in dev["bars"]:
+        lines.append(f"  BAR{bar['index']}: {bar['type']} at {bar['address']}, "
+                     f"{bar['size'] // 1024} KiB")
+    lines.append(f"  MSI-X: {dev['msix_vectors']} vectors")
+    lines.append(f"offered:    {' '.join(result['device_features'])}")
+    lines.append(f"negotiated: {' '.join(result['features'])}")
+    lines.append(f"MAC {result['mac']}  MTU {result['mtu']}  "
+                 f"queue pairs {result['queue_pairs']} of {result['max_queue_pairs']}  "
+                 f"link {'up' if result['link_up'] else 'down'}")
+    vqs = ", ".join(f"{q['index']} (size {q['size']})" for q in result["virtqueues"])
+    lines.append(f"virtqueues: {vqs}")
+    lines.append(f"device status: {' | '.join(result['status'])}")
+
+    traffic = result["traffic"]
+    guest, peer, arp = traffic["guest"], traffic["peer"], traffic["arp"]
+    lines.append(f"traffic (simulated time): guest {guest['ip']} ({guest['mac']}), "
+                 f"peer {peer['ip']} ({peer['mac']}) on the wire side")
+    answer = f"is-at {arp['is_at']} in {_us(arp['rtt_ns'])} µs" if arp["is_at"] else "no answer"
+    lines.append(f"  ARP who-has {arp['who_has']} tell {arp['tell']} -> {answer}")
+    for name, ping in (("ping", traffic["ping"]), ("peer_ping", traffic["peer_ping"])):
+        text = (f"  ping {ping['dst']} from {ping['src']}: {ping['received']}/{ping['sent']} "
+                f"replies ({', '.join(map(str, ping['sizes']))} bytes)")
+        rtts = ping["rtt_ns"]
+        if rtts:
+            text += (f", rtt min/avg/max {_us(min(rtts))}/{_us(sum(rtts) / len(rtts))}/"
+                     f"{_us(max(rtts))} µs")
+        lines.append(text)
+    for q in result["queues"]:
+        lines.append(f"queue pair {q['index']}: tx {q['tx_packets']} packets ({q['tx_bytes']} bytes), "
+                     f"rx {q['rx_packets']} packets ({q['rx_bytes']} bytes), {q['drops']} drops")
+    if result.get("pcap"):
+        frames = traffic["wire_frames"]
+        pcap = _shown_path(result["pcap"])
+        lines.append(f"capture: {pcap} ({frames['from_device'] + frames['to_device']} frames); "
+                     f"read it with: tshark -r {pcap}")
+    return "\n".join(lines)
+
+
 def cmd_demo(args):
-    result = json.loads(run_sim_job(_params(args), "demo"))
+    result = run_demo(_params(args), args.out)
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
-    dev = result["device"]
-    print(f"{dev['bdf']}  [{dev['vendor']}:{dev['device']}] class {dev['class']}  "
-          f"Virtio 1.0 network device")
-    for bar in dev["bars"]:
-        print(f"  BAR{bar['index']}: {bar['type']} at {bar['address']}, {bar['size'] // 1024} KiB")
-    print(f"  MSI-X: {dev['msix_vectors']} vectors")
-    print(f"offered:    {' '.join(result['device_features'])}")
-    print(f"negotiated: {' '.join(result['features'])}")
-    print(f"MAC {result['mac']}  MTU {result['mtu']}  "
-          f"queue pairs {result['queue_pairs']} of {result['max_queue_pairs']}  "
-          f"link {'up' if result['link_up'] else 'down'}")
-    queues = ", ".join(f"{q['index']} (size {q['size']})" for q in result["queues"])
-    print(f"queues: {queues}")
-    print(f"device status: {' | '.join(result['status'])}")
+    else:
+        print(format_demo(result))
     return 0
 
 
@@ -93,9 +168,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="virtio-net-fpga", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="enumerate and probe the simulated device")
+    demo = sub.add_parser("demo", help="enumerate and probe the simulated device, then ARP and "
+                                       "ping a peer on its wire side")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--pairs", type=int, help="queue pairs to build the device with (default 4)")
+    demo.add_argument("--out", help="directory for demo.json and the capture wire.pcapng "
+                                    f"(default: {DEMO_OUT} in the repository)")
     demo.set_defaults(func=cmd_demo)
 
     lspci = sub.add_parser("lspci", help="dump the simulated device's config space for lspci -F")

@@ -84,6 +84,9 @@ class CocotbPcieTransport(Transport):
     async def wait_interrupt(self, vector, timeout_ns):
         # cocotbext-pcie 0.2.16's PciDevice.msi_get_event calls a RootComplex
         # method that does not exist: use the vector's own event.
+        # The event stays set once a message came (a pending bit): one that
+        # arrived before this wait is taken, not lost.
         event = self.function.msi_vectors[vector].event
+        if not event.is_set():
+            await with_timeout(event.wait(), timeout_ns, "ns")
         event.clear()
-        await with_timeout(event.wait(), timeout_ns, "ns")

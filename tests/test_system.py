@@ -38,10 +38,26 @@ def test_build_parameters(params):
     run(params, ["enumeration", "probe"])
 
 
-DATAPATH_CASES = ["tx_frames_reach_the_wire", "rx_frames_reach_the_driver"]
+DATAPATH_CASES = ["tx_frames_reach_the_wire", "rx_frames_reach_the_driver",
+                  "rx_without_buffers_drops_and_counts", "masked_vector_is_pending_then_fires"]
+BAD_DESCRIPTOR_CASES = ["bad_descriptor_index_out_of_range", "bad_descriptor_loop",
+                        "bad_descriptor_zero_length", "bad_descriptor_read_only_rx_buffer",
+                        "bad_descriptor_chain_longer_than_queue"]
+
+
+def run_datapath(params, testcases):
+    results = run_cocotb(params, "sim.cocotb_tests.datapath", testcases)
+    assert len(cases(results)) == len(testcases), f"ran {len(cases(results))} of {len(testcases)}"
+    assert not failed_cases(results), f"cocotb tests failed: {failed_cases(results)}"
 
 
 def test_datapath():
-    results = run_cocotb(CoreParams(), "sim.cocotb_tests.datapath", DATAPATH_CASES)
-    assert len(cases(results)) == len(DATAPATH_CASES)
-    assert not failed_cases(results), f"cocotb tests failed: {failed_cases(results)}"
+    run_datapath(CoreParams(), DATAPATH_CASES)
+
+
+def test_bad_descriptors_need_reset_and_the_driver_recovers():
+    run_datapath(CoreParams(), BAD_DESCRIPTOR_CASES)
+
+
+def test_ring_indexes_wrap_around():
+    run_datapath(CoreParams(queue_pairs=1, ring_start_index=0xFFF4), ["indexes_wrap_around"])

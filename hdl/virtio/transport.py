@@ -124,6 +124,9 @@ class VirtioPciTransport(wiring.Component):
         connect(m, decoder.msix_pba, msix.pba)
         connect(m, notify.doorbell, wiring.flipped(self.doorbell))
 
+        # Setting DEVICE_NEEDS_RESET is announced like a configuration change
+        # (virtio 1.2 section 2.1.2).
+        config_event = self.config_changed | self.needs_reset
         m.d.comb += [
             self.status.eq(common.status),
             self.driver_features.eq(common.driver_features),
@@ -133,7 +136,7 @@ class VirtioPciTransport(wiring.Component):
             # ISR is the INTx path: with MSI-X enabled the vector is the
             # notification and ISR is left alone (virtio 1.2 section 4.1.5.3, 4.1.5.4)
             isr.queue.eq((self.used_notify != 0) & ~self.msix_enable),
-            isr.config.eq(self.config_changed & ~self.msix_enable),
+            isr.config.eq(config_event & ~self.msix_enable),
             isr.reset.eq(common.reset),
             notify.reset.eq(common.reset),
         ]
@@ -149,7 +152,7 @@ class VirtioPciTransport(wiring.Component):
             msix.requester_id.eq(self.requester_id),
         ]
         for v in range(self.msix_vectors):
-            events = self.config_changed & (common.config_msix_vector == v)
+            events = config_event & (common.config_msix_vector == v)
             for q in range(self.num_queues):
                 events = events | (self.used_notify[q] & (common.queues[q].msix_vector == v))
             m.d.comb += msix.raise_[v].eq(events)

@@ -4,14 +4,30 @@ Each writes its result as JSON (or text) to the file named by VNF_OUT; the
 CLI prints it. Driven by sim/cli.py, not collected by pytest.
 """
 import json
+import math
 import os
 
 import cocotb
 from cocotb.utils import get_sim_time
 
-from driver.virtio_net import VirtioNet
+from driver.virtio_net import VirtioNet, format_mac
 from hdl import spec
+from sim.responder import Host, PingTimeout, WirePeer
 from sim.tb import TB
+
+# The demo's two hosts: the guest (the driver's side, MAC from the device) and
+# a peer on the wire side of the device.
+GUEST_IP = "10.0.0.1"
+PEER_IP = "10.0.0.2"
+PEER_MAC = "02:00:00:00:00:02"
+GUEST_PING_IDENT = 0x7601          # echo identifiers, as ping takes its pid
+PEER_PING_IDENT = 0x7602
+IP_ICMP_HEADERS = 20 + 8
+REPLY_TIMEOUT_NS = 1_000_000       # simulated time to wait for any one answer
+
+
+class DemoError(AssertionError):
+    """The demo's traffic did not go as it should (a reply missing or wrong)."""
 
 
 def _out(text):
@@ -19,13 +35,135 @@ def _out(text):
         f.write(text)
 
 
+def _now_ns():
+    return round(get_sim_time("ps")) / 1000
+
+
+def ping_sizes(mtu):
+    """ICMP payload sizes of the guest's pings (ping -s): the default, small,
+    middling, and the largest that fits the MTU."""
+    return [56, 8, 300, 1000, mtu - IP_ICMP_HEADERS]
+
+
+def ping_payload(size, seq):
+    return bytes((seq + i) & 0xff for i in range(size))
+
+
+class GuestStack:
+    """The guest's side of the exchange: a `Host` fed by the driver.
+
+    ``receive_until`` polls the driver (waiting on its receive interrupt),
+    hands each frame to the host and transmits its answers, until ``done()``
+    returns something other than None.
+    """
+
+    def __init__(self, net, ip):
+        self.net = net
+        self.host = Host("guest", format_mac(net.mac), ip)
+
+    async def send(self, frame):
+        await self.net.send(frame, 0, timeout_ns=REPLY_TIMEOUT_NS)
+
+    async def receive_until(self, done, what):
+        deadline = _now_ns() + REPLY_TIMEOUT_NS
+        while (result := done()) is None:
+            left = deadline - _now_ns()
+            if left <= 0:
+                raise PingTimeout(f"guest: {what}: no answer in {REPLY_TIMEOUT_NS / 1000:g} µs")
+            for frame in await self.net.receive(1, 0, timeout_ns=math.ceil(left)):
+                for answer in self.host.handle(frame):
+                    await self.send(answer)
+        return result
+
+
+async def exchange(net, peer, guest, traffic, failures):
+    """ARP, the guest's pings, the peer's ping. Fills in ``traffic`` as it
+    goes; appends what went wrong to ``failures``."""
+    arp = {"who_has": PEER_IP, "tell": GUEST_IP, "is_at": None, "rtt_ns": None}
+    sizes = ping_sizes(net.mtu)
+    ping = {"src": GUEST_IP, "dst": PEER_IP, "sent": 0, "received": 0, "sizes": sizes,
+            "rtt_ns": []}
+    peer_ping = {"src": PEER_IP, "dst": GUEST_IP, "sent": 0, "received": 0, "sizes": [56],
+                 "rtt_ns": []}
+    traffic.update({"guest": {"ip": GUEST_IP, "mac": guest.host.mac},
+                    "peer": {"ip": PEER_IP, "mac": peer.mac},
+                    "arp": arp, "ping": ping, "peer_ping": peer_ping})
+
+    # the guest resolves the peer
+    started = _now_ns()
+    await guest.send(guest.host.arp_request(PEER_IP))
+    try:
+        arp["is_at"] = await guest.receive_until(lambda: guest.host.arp_cache.get(PEER_IP),
+                                                 f"ARP who-has {PEER_IP}")
+        arp["rtt_ns"] = round(_now_ns() - started, 3)
+    except PingTimeout as err:
+        failures.append(str(err))
+        return
+
+    # the guest pings the peer
+    for seq, size in enumerate(sizes, 1):
+        payload = ping_payload(size, seq)
+        started = _now_ns()
+        await guest.send(guest.host.echo_request(PEER_IP, GUEST_PING_IDENT, seq, payload))
+        ping["sent"] += 1
+        try:
+            reply = await guest.receive_until(
+                lambda seq=seq, payload=payload: guest.host.check_echo_reply(
+                    PEER_IP, GUEST_PING_IDENT, seq, payload),
+                f"ping {PEER_IP} seq {seq} ({size} bytes)")
+        except (PingTimeout, ValueError) as err:
+            failures.append(str(err))
+            continue
+        ping["received"] += 1
+        ping["rtt_ns"].append(round(reply.time_ns - started, 3))
+
+    # the peer pings the guest: traffic that starts on the wire side
+    async def peer_pings(payload):
+        try:            # a task's exception would end the test at once: return it instead
+            rtt_ns, _ = await peer.ping(GUEST_IP, PEER_PING_IDENT, 1, payload, REPLY_TIMEOUT_NS)
+            return rtt_ns, None
+        except (PingTimeout, ValueError) as err:
+            return None, err
+
+    task = cocotb.start_soon(peer_pings(ping_payload(56, 1)))
+    peer_ping["sent"] += 1
+    try:
+        await guest.receive_until(lambda: guest.host.counters["echo_replies_sent"] or None,
+                                  f"echo request from {PEER_IP}")
+    except PingTimeout as err:
+        failures.append(str(err))
+    rtt_ns, err = await task
+    if err is not None:
+        failures.append(str(err))
+    else:
+        peer_ping["received"] += 1
+        peer_ping["rtt_ns"].append(rtt_ns)
+
+
+async def queue_counters(net):
+    """Per queue pair: the driver's counters (TX from the pair's transmitq, RX
+    from its receiveq) and the drops of driver and device together."""
+    await net.poll_tx(0)                      # count the transmits the device completed
+    stats = net.stats()
+    device = await net.device_stats()
+    queues = []
+    for pair, (rx, tx) in enumerate(zip(stats.rx_queues, stats.tx_queues)):
+        device_drops = (device.queues[spec.rx_queue_index(pair)].drops
+                        + device.queues[spec.tx_queue_index(pair)].drops)
+        queues.append({"index": pair, "tx_packets": tx.packets, "tx_bytes": tx.bytes,
+                       "rx_packets": rx.packets, "rx_bytes": rx.bytes,
+                       "drops": rx.drops + tx.drops + device_drops})
+    return queues, device.drops
+
+
 @cocotb.test()
 async def demo(dut):
-    """Enumerate, probe with the driver, report what the device says."""
+    """Enumerate, probe with the driver, report what the device says; then ARP
+    and ping between the guest and a peer on the wire, captured in a pcap."""
     tb = TB(dut)
     f = await tb.init()
     enumerated_ns = get_sim_time("ns")
-    net = VirtioNet(tb.transport)
+    net = VirtioNet(tb.transport, ring_start_index=tb.params.ring_start_index)
     await net.probe()
     probed_ns = get_sim_time("ns")
     bars = []
@@ -50,14 +188,43 @@ async def demo(dut):
         "mtu": summary["mtu"],
         "queue_pairs": summary["curr_queue_pairs"],
         "max_queue_pairs": summary["max_queue_pairs"],
-        "queues": [{"index": index, "size": size} for index, size in summary["queues"].items()],
+        "virtqueues": [{"index": index, "size": size} for index, size in summary["queues"].items()],
         "link_up": summary["link_up"],
         "status": [s.name for s in spec.VirtioStatus if await net.pci.get_status() & s],
         "sim_time_ns": {"reset_and_enumeration": enumerated_ns,
                         "probe_to_driver_ok": probed_ns - enumerated_ns},
     }
+
+    await net.open()
+    opened_ns = get_sim_time("ns")
+    peer = WirePeer(tb.wire_source, tb.wire_sink, PEER_MAC, PEER_IP).start()
+    guest = GuestStack(net, GUEST_IP)
+    failures, traffic = [], {}
+    try:
+        await exchange(net, peer, guest, traffic, failures)
+    except Exception as err:            # the driver or a model gave up: report it, then fail
+        failures.append(f"{type(err).__name__}: {err}")
+    peer.stop()
+    result["sim_time_ns"]["traffic"] = get_sim_time("ns") - opened_ns
+    result["queues"], result["device_drops"] = await queue_counters(net)
+    traffic["wire_frames"] = {"to_device": tb.wire_source.frames_sent,
+                              "from_device": tb.wire_sink.count}
+    traffic["peer_counters"] = dict(peer.counters)
+    traffic["guest_counters"] = dict(guest.host.counters)
+    failures += peer.errors + guest.host.errors
+    try:
+        tb.check_memory()
+    except AssertionError as err:
+        failures.append(f"host memory: {err}")
+    result["traffic"] = traffic
     await net.remove()
+    tb.pcap.close()
+    result["pcap"] = str(tb.pcap.path.resolve()) if tb.pcap.frames else None
+    if failures:
+        result["errors"] = failures
     _out(json.dumps(result))
+    if failures:
+        raise DemoError("; ".join(failures))
 
 
 @cocotb.test()

@@ -1,6 +1,7 @@
 """Traffic through the whole system: the Python driver's rings in host memory,
 the gateware ring engine and DMA, and the wire-side frame models."""
 import random
+import struct
 
 import cocotb
 from cocotb.triggers import RisingEdge, Timer
@@ -9,18 +10,28 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
+from driver.transport import DmaDirection
 from driver.virtio_net import VirtioNet
 from hdl import spec
+from hdl.virtio.bar_layout import BarLayout
 from sim.tb import TB
 
 TIMEOUT_NS = 2_000_000
 RX_VECTOR = 1                 # config is vector 0, queue i is vector i + 1
 TX_VECTOR = 2
 QUEUE_SIZE = 64
+F_NEXT = spec.VirtqDescF.NEXT
+MSIX_TABLE = BarLayout().msix_table
+MSIX_PBA = BarLayout().msix_pba
+MSIX_VECTOR_CTRL = 12                # Vector Control in a table entry (PCI 3.0 section 6.8.2.9)
 
 
-async def opened(dut, **kwargs):
-    tb = TB(dut)
+def _tb(dut, name):
+    return TB(dut, pcap_name=f"{name}.pcapng")
+
+
+async def opened(dut, name, **kwargs):
+    tb = _tb(dut, name)
     await tb.init()
     net = VirtioNet(tb.transport, queue_size=kwargs.pop("queue_size", QUEUE_SIZE),
                     ring_start_index=tb.params.ring_start_index, **kwargs)
@@ -54,7 +65,7 @@ def mixed_frames(rng, mtu, count):
 @cocotb.test()
 async def tx_frames_reach_the_wire(dut):
     """Every kind and size of frame the driver sends leaves on the wire byte for byte."""
-    tb, net = await opened(dut)
+    tb, net = await opened(dut, "tx_frames")
     rng = random.Random(1)
     frames = mixed_frames(rng, net.mtu, 40)
     tb.wire_sink.set_backpressure(probability=0.7, seed=2)
@@ -75,7 +86,7 @@ async def tx_frames_reach_the_wire(dut):
 @cocotb.test()
 async def rx_frames_reach_the_driver(dut):
     """Frames from the wire land in the driver's buffers, header stripped, in order."""
-    tb, net = await opened(dut)
+    tb, net = await opened(dut, "rx_frames")
     rng = random.Random(3)
     frames = mixed_frames(rng, net.mtu, 40)
     tb.wire_source.set_gaps(idle_cycles=20, gap_probability=0.1, seed=4)
@@ -90,3 +101,135 @@ async def rx_frames_reach_the_driver(dut):
     assert dev.queues[spec.rx_queue_index(0)].packets == len(frames)
     assert tb.transport.interrupts[RX_VECTOR] > 0
     tb.check_memory()
+
+
+@cocotb.test()
+async def indexes_wrap_around(dut):
+    """Built with ring indexes starting near 0xFFFF: more than three times the
+    queue size each way, across the 16-bit wrap."""
+    tb, net = await opened(dut, "wrap_around", queue_size=16)
+    assert tb.params.ring_start_index > 0xFFFF - 16, "build this test with ring_start_index near 0xFFFF"
+    rng = random.Random(5)
+    count = 3 * 16 + 5
+    tx = [rng.randbytes(rng.randint(60, 300)) for _ in range(count)]
+    for frame in tx:
+        await net.send(frame, timeout_ns=TIMEOUT_NS)
+    assert [await tb.wire_sink.recv(timeout_ns=TIMEOUT_NS) for _ in tx] == tx
+    rx = [rng.randbytes(rng.randint(60, 300)) for _ in range(count)]
+    got = []
+    for frame in rx:
+        await tb.wire_source.send(frame)
+        got += await net.receive(1, pair=0, timeout_ns=TIMEOUT_NS)
+    assert got == rx
+    used_idx = await net.queues[spec.tx_queue_index(0)]._read_used_idx()
+    assert used_idx == (tb.params.ring_start_index + count) & 0xFFFF
+    tb.check_memory()
+
+
+@cocotb.test()
+async def rx_without_buffers_drops_and_counts(dut):
+    """Frames arriving before the driver posts RX buffers: the wire is never
+    stalled, what does not fit is dropped and counted, the rest is delivered."""
+    tb = _tb(dut, "rx_without_buffers")
+    await tb.init()
+    net = VirtioNet(tb.transport, queue_size=QUEUE_SIZE)
+    await net.probe()                          # DRIVER_OK, no RX buffer posted yet
+    rng = random.Random(6)
+    frames = [rng.randbytes(1500) for _ in range(8)]
+    for frame in frames:
+        await tb.wire_source.send(frame)
+    await tb.wire_source.wait_idle()
+    dev = await net.device_stats()
+    dropped = dev.drops["rx_no_space"]
+    assert dropped >= 1 and dev.queues[0].drops == dropped
+    await net.open()
+    got = await net.receive(len(frames) - dropped, pair=0, timeout_ns=TIMEOUT_NS)
+    assert got == frames[:len(got)], "the frames kept are the first ones, intact"
+    await Timer(20, "us")
+    assert net.take_received(0) == []
+    tb.check_memory()
+
+
+async def _post_raw(tb, vq, descriptors, head):
+    """Write descriptors and an avail entry as a buggy driver would, then kick."""
+    for index, (addr, length, flags, next_) in descriptors.items():
+        await tb.transport.dma_write(vq.desc_addr + 16 * index,
+                                     struct.pack("<QIHH", addr, length, flags, next_))
+    slot = vq.avail_idx_shadow % vq.num
+    await tb.transport.dma_write(vq.avail_addr + 4 + 2 * slot, struct.pack("<H", head))
+    vq.avail_idx_shadow = (vq.avail_idx_shadow + 1) & 0xFFFF
+    await tb.transport.dma_write(vq.avail_addr + 2, struct.pack("<H", vq.avail_idx_shadow))
+    await vq.notify()
+
+
+BAD_CHAINS = {
+    # name: (queue, {desc index: (addr offset, len, flags, next)}, head)
+    "index_out_of_range": ("tx", {}, 1000),
+    "loop": ("tx", {0: (0, 64, F_NEXT, 1), 1: (64, 64, F_NEXT, 0)}, 0),
+    "zero_length": ("tx", {0: (0, 0, 0, 0)}, 0),
+    "read_only_rx_buffer": ("rx", {0: (0, 2048, 0, 0)}, 0),
+    "chain_longer_than_queue": ("tx", {i: (0, 64, F_NEXT, (i + 1) % QUEUE_SIZE) for i in range(QUEUE_SIZE)}, 0),
+}
+
+
+async def _bad_descriptor(dut, name):
+    tb = _tb(dut, f"bad_descriptor_{name}")
+    await tb.init()
+    net = VirtioNet(tb.transport, queue_size=QUEUE_SIZE)
+    await net.probe()
+    which, descriptors, head = BAD_CHAINS[name]
+    vq = net.queues[spec.tx_queue_index(0) if which == "tx" else spec.rx_queue_index(0)]
+    scratch = tb.transport.dma_alloc(4096, 64)
+    # a scratch buffer mapped to the device the way its direction says
+    tb.transport.dma_map(scratch, 4096, DmaDirection.TO_DEVICE)
+    await _post_raw(tb, vq, {i: (scratch + a, n, f, x) for i, (a, n, f, x) in descriptors.items()}, head)
+    if which == "rx":
+        await tb.wire_source.send(bytes(100))
+    await tb.transport.wait_interrupt(0, TIMEOUT_NS)           # config change
+    status = await net.pci.get_status()
+    assert status & spec.VirtioStatus.DEVICE_NEEDS_RESET, f"status {status:#x}"
+    tb.check_memory()
+    # the driver recovers: reset, probe again, and traffic flows
+    recovered = VirtioNet(tb.transport, queue_size=QUEUE_SIZE)
+    await recovered.probe()
+    assert not await recovered.pci.get_status() & spec.VirtioStatus.DEVICE_NEEDS_RESET
+    await recovered.open()
+    frame = bytes(Ether(dst="02:00:5e:10:00:01") / IP() / UDP() / Raw(b"after reset"))
+    await recovered.send(frame, timeout_ns=TIMEOUT_NS)
+    assert await tb.wire_sink.recv(timeout_ns=TIMEOUT_NS) == frame
+    await tb.wire_source.send(frame)
+    assert await recovered.receive(1, pair=0, timeout_ns=TIMEOUT_NS) == [frame]
+    tb.check_memory()
+
+
+def _make_bad_test(name):
+    async def test(dut):
+        await _bad_descriptor(dut, name)
+    test.__name__ = test.__qualname__ = f"bad_descriptor_{name}"
+    test.__doc__ = f"A {name.replace('_', ' ')}: DEVICE_NEEDS_RESET, nothing written, recovery."
+    return cocotb.test()(test)
+
+
+for _name in BAD_CHAINS:
+    globals()[f"bad_descriptor_{_name}"] = _make_bad_test(_name)
+
+
+@cocotb.test()
+async def masked_vector_is_pending_then_fires(dut):
+    """MSI-X: a masked queue vector sets its PBA bit instead of firing; unmasked, it fires."""
+    tb, net = await opened(dut, "masked_vector")
+    await net.poll(0)                         # NAPI completes: RX interrupts armed
+    bar = tb.transport.bar_address(0)
+    entry = bar + MSIX_TABLE + spec.MSIX_ENTRY_SIZE * RX_VECTOR
+    await tb.transport.mmio_write(entry + MSIX_VECTOR_CTRL, 4, 1)          # mask
+    before = tb.transport.interrupts[RX_VECTOR]
+    frame = bytes(Ether(dst="02:00:5e:10:00:01") / IP() / UDP() / Raw(b"masked"))
+    await tb.wire_source.send(frame)
+    await Timer(20, "us")
+    assert tb.transport.interrupts[RX_VECTOR] == before
+    pba = await tb.transport.mmio_read(bar + MSIX_PBA, 4)
+    assert pba >> RX_VECTOR & 1, f"PBA {pba:#x}"
+    await tb.transport.mmio_write(entry + MSIX_VECTOR_CTRL, 4, 0)          # unmask
+    assert await net.receive(1, pair=0, timeout_ns=TIMEOUT_NS) == [frame]
+    assert tb.transport.interrupts[RX_VECTOR] == before + 1
+    assert not (await tb.transport.mmio_read(bar + MSIX_PBA, 4)) >> RX_VECTOR & 1
