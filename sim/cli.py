@@ -123,7 +123,9 @@ def format_demo(result):
         text = (f"  ping {ping['dst']} from {ping['src']}: {ping['received']}/{ping['sent']} "
                 f"replies ({', '.join(map(str, ping['sizes']))} bytes)")
         rtts = ping["rtt_ns"]
-        if rtts:
+        if len(rtts) == 1:
+            text += f", rtt {_us(rtts[0])} µs"
+        elif rtts:
             text += (f", rtt min/avg/max {_us(min(rtts))}/{_us(sum(rtts) / len(rtts))}/"
                      f"{_us(max(rtts))} µs")
         lines.append(text)

@@ -71,9 +71,18 @@ class Host:
     ``echo_replies``: (src, ident, seq) -> `EchoReply`, the replies received.
     ``counters``: what was received, answered and ignored. ``errors``:
     frames that failed a check, described.
+
+    ``ignore`` (for tests of whoever relies on the answers): requests left
+    unanswered on purpose: "arp" (every ARP request), "echo" (every echo
+    request), "echo:<seq>" (echo requests with that sequence number).
     """
 
-    def __init__(self, name, mac, ip, *, clock=_now_ns):
+    def __init__(self, name, mac, ip, *, clock=_now_ns, ignore=()):
+        unknown = {item for item in ignore
+                   if item not in ("arp", "echo") and not item.startswith("echo:")}
+        if unknown:
+            raise ValueError(f"{name}: cannot ignore {', '.join(sorted(unknown))}")
+        self.ignore = set(ignore)
         self.name = name
         self.mac = mac.lower()
         self.ip = ip
@@ -134,6 +143,9 @@ class Host:
             self.counters["arp_requests"] += 1
             if arp.pdst != self.ip:
                 return []
+            if "arp" in self.ignore:
+                self.counters["ignored_on_purpose"] += 1
+                return []
             self.arp_cache[arp.psrc] = arp.hwsrc.lower()       # as Linux does for a request to it
             self.counters["arp_replies_sent"] += 1
             return [bytes(Ether(dst=arp.hwsrc, src=self.mac, type=ETH_P_ARP)
@@ -178,6 +190,9 @@ class Host:
         payload = message[8:]
         if icmp_type == ICMP_ECHO and code == 0:
             self.counters["echo_requests"] += 1
+            if "echo" in self.ignore or f"echo:{seq}" in self.ignore:
+                self.counters["ignored_on_purpose"] += 1
+                return []
             mac = eth.src.lower()
             self.counters["echo_replies_sent"] += 1
             return [bytes(Ether(dst=mac, src=self.mac, type=ETH_P_IP)
@@ -212,8 +227,8 @@ class WirePeer(Host):
     and `ping` send requests and wait for the answers in simulated time.
     """
 
-    def __init__(self, source, sink, mac, ip, *, name="peer"):
-        super().__init__(name, mac, ip)
+    def __init__(self, source, sink, mac, ip, *, name="peer", ignore=()):
+        super().__init__(name, mac, ip, ignore=ignore)
         self.source = source
         self.sink = sink
         self.sent = 0
@@ -248,7 +263,8 @@ class WirePeer(Host):
         while (result := done()) is None:
             left = deadline - _now_ps()
             if left <= 0:
-                raise PingTimeout(f"{self.name}: {what}: no answer in {timeout_ns / 1000:g} µs")
+                raise PingTimeout(f"{self.name}: {what}: no answer in {timeout_ns / 1000:g} µs "
+                                  "(simulated)")
             self._changed.clear()
             try:
                 await with_timeout(self._changed.wait(), left, "ps")

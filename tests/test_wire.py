@@ -16,7 +16,7 @@ from sim.tests_results import cases, failed_cases
 from sim.wire import frame_to_beats, pack_beat, unpack_beat
 
 FROM, TO = DmaDirection.FROM_DEVICE, DmaDirection.TO_DEVICE
-WIRE_CASES = ["loopback_frames", "sink_flags_bad_framing", "guard_catches_device_writes"]
+WIRE_CASES = ["echo_frames", "guard_catches_device_writes"]
 
 
 # --- DMA mapping bookkeeping ----------------------------------------------------
@@ -211,13 +211,11 @@ def test_wire_models_in_simulation(tmp_path):
                          env={"VNF_OUT": str(tmp_path)})
     assert cases(results) == WIRE_CASES
     assert not failed_cases(results), f"cocotb tests failed: {failed_cases(results)}"
-    if "loopback_frames" in _skipped_cases(results):
-        pytest.skip("the core no longer loops wire_rx back to wire_tx: "
-                    "the frame model tests need moving onto the datapath")
+    assert not _skipped_cases(results)
     pcap = tmp_path / "wire.pcapng"
     assert pcap.exists()
-    if shutil.which("tshark"):
-        _check_with_tshark(pcap)
+    assert shutil.which("tshark"), "tshark is needed to dissect the capture (Debian package tshark)"
+    _check_with_tshark(pcap)
 
 
 def _tshark(pcap, *args):
