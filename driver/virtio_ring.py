@@ -266,9 +266,13 @@ class SplitVirtqueue:
         vq = cls(index, num, *parts, transport=transport, features=features,
                  start_index=start_index)
         if start_index:
-            # Both idx fields start where the device will also start (test-only).
+            # Both idx fields, and the event fields that shadow them, start
+            # where the device will also start (test-only): the same state as
+            # all-zero rings with every index shifted.
             await vq._write16(vq.avail_addr + spec.VIRTQ_IDX_OFFSET, start_index)
             await vq._write16(vq.used_addr + spec.VIRTQ_IDX_OFFSET, start_index)
+            await vq._write16(vq._used_event_addr, start_index)
+            await vq._write16(vq._avail_event_addr, start_index)
         vq.map_rings()
         log.debug("queue %d: %d entries, desc %#x avail %#x used %#x", index, num, *parts)
         return vq

@@ -46,8 +46,8 @@ MAX_QUEUE_PAIRS = 127                             # 255 MSI-X vectors: 4080 byte
 
 def implemented_features():
     """What the gateware really does today; grows as the datapath lands."""
-    return (spec.VirtioF.VERSION_1 | spec.VirtioNetF.MAC | spec.VirtioNetF.MTU
-            | spec.VirtioNetF.STATUS)
+    return (spec.VirtioF.VERSION_1 | spec.VirtioF.EVENT_IDX | spec.VirtioF.INDIRECT_DESC
+            | spec.VirtioNetF.MAC | spec.VirtioNetF.MTU | spec.VirtioNetF.STATUS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +225,8 @@ class VirtioNetCore(wiring.Component):
 
         status = transport.status
         m.d.comb += [
+            engine.event_idx.eq((transport.driver_features & spec.VirtioF.EVENT_IDX) != 0),
+            engine.indirect.eq((transport.driver_features & spec.VirtioF.INDIRECT_DESC) != 0),
             engine.run.eq(((status & spec.VirtioStatus.DRIVER_OK) != 0)
                           & ((status & spec.VirtioStatus.DEVICE_NEEDS_RESET) == 0)),
             tx_fifo.w_abort.eq(engine.tx_abort),

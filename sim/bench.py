@@ -70,7 +70,7 @@ import dataclasses
 import math
 
 __all__ = [
-    "LINKS", "FRAME_SIZES", "DIRECTIONS", "DEFAULT_PACKETS", "QUICK_PACKETS",
+    "LINK_MODEL", "LINKS", "FRAME_SIZES", "DIRECTIONS", "DEFAULT_PACKETS", "QUICK_PACKETS",
     "DEFAULT_READ_LATENCY_NS", "Link", "dma_frame_bytes", "line_rate_pps",
     "tx_link_bytes", "rx_link_bytes", "link_limit_pps", "finish_result",
     "format_table", "format_latency",
@@ -86,6 +86,11 @@ VIRTIO_NET_HDR = 12
 HOST_RCB = 64                     # completions split at 64-byte boundaries
 HOST_MPS = 128                    # the root complex model's Max_Payload_Size
 DEFAULT_READ_LATENCY_NS = 500     # host memory read: request in, first completion out
+
+LINK_MODEL = ("cocotbext-pcie 0.2.16 SimPort, both ends set to the link's speed and width: "
+              "every TLP (header + payload + 8 bytes framing) and DLLP (8 bytes) is serialised "
+              "per direction at 2 Gb/s (Gen1) or 4 Gb/s (Gen2) per lane after 8b/10b, plus 10 ns "
+              "propagation; ACK and UpdateFC DLLPs modelled; no replay, SKP or power states")
 
 FRAME_SIZES = (64, 256, 512, 1518)
 DIRECTIONS = ("tx", "rx", "both")

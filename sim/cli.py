@@ -5,6 +5,7 @@
                                                   a peer on the wire; capture in DIR
     virtio-net-fpga lspci -o FILE [--pairs N]     config space in `lspci -xxx` form
     virtio-net-fpga build [--json] [--out DIR]    bitstream for the ECP5 Versa
+    virtio-net-fpga bench [--json] [--quick]      throughput and latency in simulated time
 
 Progress goes to stderr; results to stdout. The simulator's own log is kept
 in build/<params>/<job>.log.
@@ -166,6 +167,100 @@ def cmd_build(args):
     return build_main(argv)
 
 
+def _csv(kind, allowed, convert=str):
+    def parse(text):
+        items = [convert(item) for item in text.split(",") if item]
+        bad = [item for item in items if item not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"{kind} must be among {', '.join(map(str, allowed))}, not {text!r}")
+        return items
+    return parse
+
+
+def _run_bench_link(params, config):
+    """Run sim.cocotb_tests.bench for one link; echo its progress; return its JSON."""
+    import threading
+    from .build import build_dir, run_cocotb
+    from .tests_results import failed_cases
+    with tempfile.TemporaryDirectory() as tmp:
+        out, progress_file = Path(tmp) / "out", Path(tmp) / "progress"
+        progress_file.touch()
+        log = build_dir(params) / f"bench_{config['link']}.log"
+        done = threading.Event()
+
+        def echo():
+            with open(progress_file) as f:
+                while True:
+                    line = f.readline()
+                    if line:
+                        _progress(line.rstrip("\n"))
+                    elif done.is_set():
+                        return
+                    else:
+                        time.sleep(0.2)
+
+        thread = threading.Thread(target=echo, daemon=True)
+        thread.start()
+        try:
+            results = run_cocotb(params, "sim.cocotb_tests.bench", ["bench"], progress=_progress,
+                                 env={"VNF_OUT": str(out), "VNF_PROGRESS": str(progress_file),
+                                      "VNF_BENCH": json.dumps(config)}, log_file=log)
+        except SystemExit:
+            results = None
+        finally:
+            done.set()
+            thread.join()
+        if results is None or failed_cases(results) or not out.exists():
+            raise SystemExit(f"virtio-net-fpga: the bench on {config['link']} failed; see {log}")
+        return json.loads(out.read_text())
+
+
+def cmd_bench(args):
+    from . import bench
+    packets = args.packets or (bench.QUICK_PACKETS if args.quick else bench.DEFAULT_PACKETS)
+    warmup = args.warmup if args.warmup is not None else max(16, packets // 6)
+    started = time.monotonic()
+    runs = []
+    for link in args.links:
+        config = {"link": link, "read_latency_ns": args.read_latency_ns,
+                  "points": [{"direction": d, "frame_bytes": size, "packets": packets, "warmup": warmup}
+                             for size in args.sizes for d in args.directions],
+                  "latency": [] if args.no_latency else list(args.sizes)}
+        _progress(f"{link}: {len(config['points'])} points of {packets} frames "
+                  f"(+{warmup} warm-up), host read latency {args.read_latency_ns} ns")
+        runs.append(_run_bench_link(_params(args), config))
+    results = [bench.finish_result(raw) for run in runs for raw in run["points"]]
+    latency = [item for run in runs for item in run["latency"]]
+    cycles = sum(run["dut_cycles"] for run in runs)
+    sim_wall = sum(run["wall_s"] for run in runs)
+    out = {
+        "results": results,
+        "latency": latency,
+        "sim_cycles_per_s": round(cycles / sim_wall, 1),
+        "link_model": bench.LINK_MODEL,
+        "host_read_latency_ns": args.read_latency_ns,
+        "host_rcb_bytes": bench.HOST_RCB,
+        "devctl": {run["link"]: run["devctl"] for run in runs},
+        "packets_per_point": packets,
+        "warmup_packets": warmup,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    _progress(f"bench done in {out['wall_s']:.0f} s; simulation ran at "
+              f"{out['sim_cycles_per_s']:.0f} DUT cycles/s")
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(bench.format_table(results))
+    if latency:
+        print()
+        print(bench.format_latency(latency))
+    print()
+    print(f"simulation speed: {out['sim_cycles_per_s']:.0f} DUT cycles/s (wall clock)")
+    print(f"link model: {out['link_model']}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="virtio-net-fpga", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +283,26 @@ def main(argv=None):
     build.add_argument("--out", default="build/versa", help="build directory (default: %(default)s)")
     build.add_argument("--pairs", type=int, help="queue pairs (default 4)")
     build.set_defaults(func=cmd_build)
+
+    from . import bench as bench_model
+    bench = sub.add_parser("bench", help="throughput and latency, measured in simulated time")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--quick", action="store_true",
+                       help=f"{bench_model.QUICK_PACKETS} frames a point instead of "
+                            f"{bench_model.DEFAULT_PACKETS}")
+    bench.add_argument("--links", type=_csv("links", list(bench_model.LINKS)),
+                       default=list(bench_model.LINKS), help="default: %(default)s")
+    bench.add_argument("--directions", type=_csv("directions", bench_model.DIRECTIONS),
+                       default=list(bench_model.DIRECTIONS), help="default: %(default)s")
+    bench.add_argument("--sizes", type=_csv("frame sizes", bench_model.FRAME_SIZES, int),
+                       default=list(bench_model.FRAME_SIZES),
+                       help="Ethernet frame sizes with FCS (default: %(default)s)")
+    bench.add_argument("--packets", type=int, help="frames counted per point")
+    bench.add_argument("--warmup", type=int, help="frames not counted at the start of a point")
+    bench.add_argument("--read-latency-ns", type=int, default=bench_model.DEFAULT_READ_LATENCY_NS,
+                       help="host memory read latency (default: %(default)s)")
+    bench.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
+    bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     if getattr(args, "pairs", None) is not None and not 1 <= args.pairs <= MAX_QUEUE_PAIRS:

@@ -1,18 +1,41 @@
-"""`virtio-net-fpga demo --json` on the default simulated device."""
+"""`virtio-net-fpga demo` on the default simulated device: probe, then ARP and
+ping with a peer on the wire side, captured in a pcap that tshark must
+dissect without complaint."""
+import contextlib
+import io
 import json
+import shutil
+import subprocess
 
 import pytest
 
 from hdl import spec
 from hdl.top import CoreParams
-from sim.cli import main
+from sim.cli import format_demo, main
 
 pytestmark = pytest.mark.system
 
+GUEST_PINGS = 5
+# frames each way: ARP request or reply, 5 echo requests or replies, 1 echo request or reply
+FRAMES_EACH_WAY = 1 + GUEST_PINGS + 1
+QUEUE_KEYS = {"index", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops"}
+# pcapng direction flags, as tshark shows frame.packet_flags_direction
+INBOUND, OUTBOUND = 1, 2          # into the device (wire_rx), out of it (wire_tx)
+EXPERT_WARNING = 0x600000         # _ws.expert.severity: chat 0x200000, note 0x400000, warn, error 0x800000
 
-def test_demo_json(capsys):
-    assert main(["demo", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One run of `demo --json --out DIR`: (result, DIR)."""
+    out = tmp_path_factory.mktemp("demo")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["demo", "--json", "--out", str(out)]) == 0
+    return json.loads(stdout.getvalue()), out
+
+
+def test_demo_json(demo):
+    result, _ = demo
     params = CoreParams()
     assert result["device"]["vendor"] == "1af4" and result["device"]["device"] == "1041"
     assert result["device"]["bars"][0]["size"] == 0x8000
@@ -21,5 +44,111 @@ def test_demo_json(capsys):
     assert result["queue_pairs"] == 1            # MQ is not offered yet
     assert result["link_up"] is True
     assert result["status"] == ["ACKNOWLEDGE", "DRIVER", "DRIVER_OK", "FEATURES_OK"]
-    assert len(result["queues"]) == 2 and all(q["size"] == params.queue_size_max for q in result["queues"])
+    assert len(result["virtqueues"]) == 2
+    assert all(q["size"] == params.queue_size_max for q in result["virtqueues"])
     assert set(result["features"]) <= set(spec.feature_names(params.device_features))
+    assert "errors" not in result
+
+
+def test_demo_traffic(demo):
+    result, out = demo
+    traffic = result["traffic"]
+    assert traffic["guest"]["mac"] == result["mac"]
+    assert traffic["arp"]["who_has"] == traffic["peer"]["ip"]
+    assert traffic["arp"]["is_at"] == traffic["peer"]["mac"]
+    ping = traffic["ping"]
+    assert ping["sent"] == ping["received"] == GUEST_PINGS == len(ping["rtt_ns"])
+    assert max(ping["sizes"]) == result["mtu"] - 28            # one ping fills the MTU
+    assert all(rtt > 0 for rtt in ping["rtt_ns"])
+    assert traffic["peer_ping"]["sent"] == traffic["peer_ping"]["received"] == 1
+    assert traffic["wire_frames"] == {"to_device": FRAMES_EACH_WAY, "from_device": FRAMES_EACH_WAY}
+
+    queues = result["queues"]
+    assert [q["index"] for q in queues] == list(range(result["queue_pairs"]))
+    assert all(set(q) == QUEUE_KEYS for q in queues)
+    pair0 = queues[0]
+    # ARP request, 5 echo requests, the echo reply to the peer; and what came back
+    assert pair0["tx_packets"] == pair0["rx_packets"] == FRAMES_EACH_WAY
+    ip_icmp = 20 + 8
+    echo_bytes = sum(14 + ip_icmp + size for size in ping["sizes"]) + 14 + ip_icmp + 56
+    assert pair0["tx_bytes"] == 42 + echo_bytes                  # frames as sent, unpadded
+    assert pair0["rx_bytes"] == 60 + sum(max(60, 14 + ip_icmp + size) for size in ping["sizes"]) \
+        + 14 + ip_icmp + 56                                      # the peer pads to 60 bytes
+    assert pair0["drops"] == 0
+
+    assert result["pcap"] == str((out / "wire.pcapng").resolve())
+    assert json.loads((out / "demo.json").read_text())["queues"] == queues
+
+
+def test_demo_human_output(demo):
+    result, _ = demo
+    text = format_demo(result)
+    lines = text.splitlines()
+    assert lines[0].startswith("01:00.0  [1af4:1041] class 020000")
+    assert f"ARP who-has 10.0.0.2 tell 10.0.0.1 -> is-at {result['traffic']['peer']['mac']}" in text
+    assert "ping 10.0.0.2 from 10.0.0.1: 5/5 replies" in text
+    assert "ping 10.0.0.1 from 10.0.0.2: 1/1 replies" in text
+    assert "queue pair 0: tx 7 packets" in text
+    assert lines[-1].startswith("capture: ") and "wire.pcapng (14 frames)" in lines[-1]
+
+
+def tshark_fields(pcap, fields):
+    """One row per frame: the fields tshark dissects (IPv4 checksums checked)."""
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.fail("tshark is required to check the demo's capture (Debian: apt-get install tshark)")
+    run = subprocess.run([tshark, "-r", str(pcap), "-n", "-o", "ip.check_checksum:TRUE",
+                          "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a",
+                          "-E", "aggregator=,"] + [arg for f in fields for arg in ("-e", f)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, f"tshark failed: {run.stderr}"
+    return [dict(zip(fields, line.split("\t"))) for line in run.stdout.splitlines()]
+
+
+def test_demo_pcap_dissects_cleanly(demo):
+    """tshark reads the capture with no malformed frame, no expert warning or
+    error (bad checksums among them), and finds ARP and ICMP echo, request
+    and reply, in both directions."""
+    result, _ = demo
+    fields = ["frame.number", "frame.packet_flags_direction", "frame.protocols", "arp.opcode",
+              "icmp.type", "ip.checksum.status", "icmp.checksum.status", "_ws.expert.severity",
+              "_ws.expert.message", "_ws.malformed"]
+    rows = tshark_fields(result["pcap"], fields)
+    assert len(rows) == 2 * FRAMES_EACH_WAY
+    problems = []
+    seen = set()
+    for row in rows:
+        where = f"frame {row['frame.number']}"
+        if row["_ws.malformed"]:
+            problems.append(f"{where}: malformed: {row['_ws.expert.message']}")
+        severities = [int(s) for s in row["_ws.expert.severity"].split(",") if s]
+        if any(s >= EXPERT_WARNING for s in severities):
+            problems.append(f"{where}: {row['_ws.expert.message']}")
+        protocols = row["frame.protocols"].split(":")
+        if "ip" in protocols and row["ip.checksum.status"] != "1":        # 1: good
+            problems.append(f"{where}: IPv4 checksum status {row['ip.checksum.status']!r}")
+        if "icmp" in protocols and row["icmp.checksum.status"] != "1":
+            problems.append(f"{where}: ICMP checksum status {row['icmp.checksum.status']!r}")
+        direction = int(row["frame.packet_flags_direction"], 0)
+        if "arp" in protocols:
+            seen.add((direction, "arp", int(row["arp.opcode"])))
+        if "icmp" in protocols:
+            seen.add((direction, "icmp", int(row["icmp.type"])))
+    assert not problems, "tshark: " + "; ".join(problems)
+    assert seen == {
+        (OUTBOUND, "arp", 1), (INBOUND, "arp", 2),          # the guest asks, the peer answers
+        (OUTBOUND, "icmp", 8), (INBOUND, "icmp", 0),        # the guest pings the peer
+        (INBOUND, "icmp", 8), (OUTBOUND, "icmp", 0),        # the peer pings the guest
+    }
+
+
+def test_demo_fails_loudly_without_a_reply(tmp_path, monkeypatch):
+    """A ping the peer leaves unanswered makes the demo exit non-zero, naming it."""
+    monkeypatch.setenv("VNF_DEMO_PEER_IGNORE", "echo:3")
+    with pytest.raises(SystemExit) as failure:
+        main(["demo", "--out", str(tmp_path)])
+    message = str(failure.value.code)
+    assert "demo failed" in message and "ping 10.0.0.2 seq 3" in message and "no answer" in message
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert result["traffic"]["ping"]["sent"] == GUEST_PINGS
+    assert result["traffic"]["ping"]["received"] == GUEST_PINGS - 1

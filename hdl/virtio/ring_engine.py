@@ -14,8 +14,14 @@ DMA requester's read and write ports. For a queue it visits it:
    into the TX frame buffer; RX writes the header and the head frame of the
    RX frame buffer across the chain's buffers;
 5. writes the used element, and after the batch the used idx;
-6. raises the queue's interrupt unless VIRTQ_AVAIL_F_NO_INTERRUPT is set,
-   once its writes have left (MSI-X must not pass them).
+6. raises the queue's interrupt unless VIRTQ_AVAIL_F_NO_INTERRUPT is set
+   (with VIRTIO_F_EVENT_IDX: when used_event says so), once its writes have
+   left (MSI-X must not pass them);
+7. with VIRTIO_F_EVENT_IDX, before leaving a queue with nothing to do,
+   writes avail_event = the next entry it will read, and looks once more.
+
+Indirect descriptors (VIRTIO_F_INDIRECT_DESC) are walked like the queue's
+own table, inside the table they point to.
 
 A bad descriptor, an avail idx that moved more than the queue size, or a
 failed DMA read stops the engine and reports ``needs_reset``: the transport
@@ -52,7 +58,7 @@ class RingError(enum.IntEnum):
     CHAIN_LOOP = 3         # a chain longer than the queue
     ZERO_LENGTH = 4
     DIRECTION = 5          # TX buffer device-writable or RX buffer read-only
-    INDIRECT = 6           # INDIRECT_DESC used but not offered
+    INDIRECT = 6           # INDIRECT_DESC not negotiated, nested, with NEXT, or a bad table size
     DMA = 7                # a read failed (error completion or timeout)
 
 
@@ -60,6 +66,8 @@ class RingEngine(wiring.Component):
     """Ports:
         queues:      In(QueueConfig).array(num_queues), from the common config.
         run:         In(1), DRIVER_OK set and the device not halted.
+        event_idx:   In(1), VIRTIO_F_EVENT_IDX negotiated (section 2.7.7.2, 2.7.10).
+        indirect:    In(1), VIRTIO_F_INDIRECT_DESC negotiated (section 2.7.5.3).
         doorbell:    In(stream.Signature(16)), notified queue indexes.
         used_notify: Out(num_queues), pulse: raise the queue's interrupt.
         needs_reset: Out(1), pulse: the engine stopped on an error.
@@ -88,6 +96,8 @@ class RingEngine(wiring.Component):
         super().__init__({
             "queues": In(QueueConfig).array(num_queues),
             "run": In(1),
+            "event_idx": In(1),
+            "indirect": In(1),
             "doorbell": In(stream.Signature(16)),
             "used_notify": Out(num_queues),
             "needs_reset": Out(1),
@@ -126,6 +136,7 @@ class RingEngine(wiring.Component):
         avail_seen = idx("avail_seen")
         used_idx = idx("used_idx")
         no_interrupt = Array(Signal(name=f"no_interrupt{q}") for q in range(nq))
+        signalled = idx("signalled")         # used idx at the last interrupt decision
         kick = Signal(nq)
         cfgs = Array(self.queues)
 
@@ -136,7 +147,8 @@ class RingEngine(wiring.Component):
             for q in range(nq):
                 with m.If(self.doorbell.payload == q):
                     m.d.comb += kick_set[q].eq(1)
-        m.d.sync += kick.eq((kick & ~kick_clr) | kick_set)
+        recheck = Signal(nq)                 # the engine asks itself to look again
+        m.d.sync += kick.eq((kick & ~kick_clr) | kick_set | recheck)
 
         q = Signal(8)                        # the queue being served
         m.d.comb += self.queue.eq(q)
@@ -159,6 +171,11 @@ class RingEngine(wiring.Component):
 
         # --- chain state ----------------------------------------------------
         desc_idx = Signal(_IDX_BITS)
+        in_table = Signal()                  # walking an indirect table
+        table_addr = Signal(64)
+        table_len = Signal(_IDX_BITS + 1)    # its descriptors (at most the queue size... or 2**16)
+        event_armed = Signal()               # avail_event written, avail idx re-read once
+        used_event = Signal(_IDX_BITS)
         chain_len = Signal(_IDX_BITS + 1)
         d_addr = Signal(64)
         d_len = Signal(32)
@@ -259,10 +276,29 @@ class RingEngine(wiring.Component):
                     with m.Elif(((new_avail - cur_last) & 0xFFFF) > cfg.size):
                         m.d.sync += fail(RingError.AVAIL_IDX)
                         m.next = "ERROR"
+                    with m.Elif((new_avail == cur_last) & self.event_idx & ~event_armed):
+                        m.next = "WRITE_AVAIL_EVENT"
                     with m.Elif(new_avail == cur_last):
+                        m.d.sync += event_armed.eq(0)
                         m.next = "DONE"          # nothing new
                     with m.Else():
+                        m.d.sync += event_armed.eq(0)
                         m.next = "READ_AVAIL_RING"
+
+            # Section 2.7.10: ask for a notification once the driver makes
+            # entry `last_avail` available, then look again (it may already be).
+            with m.State("WRITE_AVAIL_EVENT"):
+                m.d.comb += [wr_req.valid.eq(1),
+                             wr_req.payload.addr.eq(cfg.device + spec.VIRTQ_RING_HEADER_SIZE
+                                                    + (cfg.size << 3)),
+                             wr_req.payload.length.eq(spec.VIRTQ_EVENT_SIZE)]
+                with m.If(wr_req.ready):
+                    m.next = "AVAIL_EVENT_DATA"
+            with m.State("AVAIL_EVENT_DATA"):
+                m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(cur_last), wr.payload.last.eq(1)]
+                with m.If(wr.ready):
+                    m.d.sync += event_armed.eq(1)
+                    m.next = "READ_AVAIL_IDX"
 
             # Step 2: a batch of avail entries, not past the ring's end.
             with m.State("READ_AVAIL_RING"):
@@ -295,7 +331,7 @@ class RingEngine(wiring.Component):
             # Step 3: the next chain.
             with m.State("NEXT_HEAD"):
                 head = heads[taken]
-                m.d.sync += [head_id.eq(head), desc_idx.eq(head), chain_len.eq(0),
+                m.d.sync += [head_id.eq(head), desc_idx.eq(head), chain_len.eq(0), in_table.eq(0),
                              used_len.eq(0), hdr_left.eq(spec.VIRTIO_NET_HDR_SIZE),
                              frame_bytes.eq(0), tx_drop.eq(0), rx_pos.eq(0),
                              rx_len.eq(self.rx_length)]
@@ -307,7 +343,8 @@ class RingEngine(wiring.Component):
 
             with m.State("READ_DESC"):
                 m.d.comb += [rd_req.valid.eq(1),
-                             rd_req.payload.addr.eq(cfg.desc + (desc_idx << 4)),
+                             rd_req.payload.addr.eq(Mux(in_table, table_addr, cfg.desc)
+                                                    + (desc_idx << 4)),
                              rd_req.payload.length.eq(spec.VIRTQ_DESC_SIZE)]
                 with m.If(rd_req.ready):
                     m.d.sync += [dw.eq(0), chain_len.eq(chain_len + 1)]
@@ -336,16 +373,27 @@ class RingEngine(wiring.Component):
             # Section 2.7.5.x: what a device may assume of a descriptor, checked.
             with m.State("CHECK_DESC"):
                 writable = (d_flags & spec.VirtqDescF.WRITE) != 0
-                with m.If(chain_len > cfg.size):
+                is_indirect = (d_flags & spec.VirtqDescF.INDIRECT) != 0
+                has_next = (d_flags & spec.VirtqDescF.NEXT) != 0
+                table_size = Mux(in_table, table_len, cfg.size)
+                with m.If(chain_len > table_size):
                     m.d.sync += fail(RingError.CHAIN_LOOP)
-                    m.next = "ERROR"
-                with m.Elif((d_flags & spec.VirtqDescF.INDIRECT) != 0):
-                    m.d.sync += fail(RingError.INDIRECT)
                     m.next = "ERROR"
                 with m.Elif(d_len == 0):
                     m.d.sync += fail(RingError.ZERO_LENGTH)
                     m.next = "ERROR"
-                with m.Elif(((d_flags & spec.VirtqDescF.NEXT) != 0) & (d_next >= cfg.size)):
+                with m.Elif(is_indirect):
+                    # section 2.7.5.3.1: negotiated, not inside a table, not
+                    # with NEXT, a whole number of descriptors
+                    with m.If(~self.indirect | in_table | has_next
+                              | (d_len[:4] != 0) | (d_len[4:] > (1 << _IDX_BITS))):
+                        m.d.sync += fail(RingError.INDIRECT)
+                        m.next = "ERROR"
+                    with m.Else():
+                        m.d.sync += [in_table.eq(1), table_addr.eq(d_addr),
+                                     table_len.eq(d_len[4:]), desc_idx.eq(0), chain_len.eq(0)]
+                        m.next = "READ_DESC"
+                with m.Elif(has_next & (d_next >= table_size)):
                     m.d.sync += fail(RingError.HEAD_RANGE)
                     m.next = "ERROR"
                 with m.Elif(writable != is_rx):
@@ -538,9 +586,43 @@ class RingEngine(wiring.Component):
 
             # Step 6: the interrupt, after the writes have left (section 2.7.7).
             with m.State("NOTIFY"):
-                with m.If(~self.dma_wr.busy):
+                # the used ring writes leave before anything else does
+                with m.If(self.dma_wr.busy):
+                    pass
+                with m.Elif(self.event_idx):
+                    # look at this queue again later: with EVENT_IDX the
+                    # driver may have added buffers without notifying
+                    m.d.comb += recheck.eq(1 << q)
+                    m.next = "READ_USED_EVENT"
+                with m.Else():
                     with m.If(~no_interrupt[q]):
                         m.d.comb += self.used_notify.eq(1 << q)
+                    m.next = "IDLE"
+            # Section 2.7.10: used_event, read after the used idx write (a
+            # read does not pass a posted write).
+            with m.State("READ_USED_EVENT"):
+                m.d.comb += [rd_req.valid.eq(1),
+                             rd_req.payload.addr.eq(cfg.driver + spec.VIRTQ_RING_HEADER_SIZE
+                                                    + (cfg.size << 1)),
+                             rd_req.payload.length.eq(spec.VIRTQ_EVENT_SIZE)]
+                with m.If(rd_req.ready):
+                    m.next = "GET_USED_EVENT"
+            with m.State("GET_USED_EVENT"):
+                m.d.comb += rd.ready.eq(1)
+                with m.If(rd.valid):
+                    m.d.sync += used_event.eq(rd.payload.data[:16])
+                    with m.If(rd.payload.error):
+                        m.d.sync += fail(RingError.DMA)
+                        m.next = "ERROR"
+                    with m.Else():
+                        m.next = "EVENT_NOTIFY"
+            with m.State("EVENT_NOTIFY"):
+                new, old = cur_used, signalled[q]
+                need = ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+                with m.If(~self.dma_wr.busy):
+                    with m.If(need):
+                        m.d.comb += self.used_notify.eq(1 << q)
+                    m.d.sync += signalled[q].eq(new)
                     m.next = "IDLE"
 
             with m.State("DONE"):

@@ -1,0 +1,578 @@
+"""`virtio-net-fpga bench`, the part that runs inside the simulator.
+
+One cocotb test, `bench`, measures one link setting. $VNF_BENCH (JSON) says
+which: ``{"link": "gen1x1", "read_latency_ns": 500, "points": [{"direction":
+"tx", "frame_bytes": 64, "packets": 300, "warmup": 50}, ...], "latency":
+[64, 1518]}``. The raw figures go to $VNF_OUT as JSON; sim/bench.py turns
+them into the published rows. Progress lines are appended to $VNF_PROGRESS
+(the CLI echoes them). Driven by sim/cli.py, not collected by pytest.
+
+Everything is measured in simulated time; the Python driver's own work
+(copying frames, ring updates) costs no simulated time, only its MMIO
+accesses (doorbells, statistics reads) do, as TLPs on the modelled link.
+
+Set-up around the usual TB (sim/tb.py), all from outside its classes:
+
+- the link: both ends' cocotbext-pcie SimPorts get the link speed and width
+  and are connected again, so the model serialises every TLP and DLLP at
+  that rate (see sim/bench.py for the model);
+- the host: the root complex answers memory reads ``read_latency_ns`` late
+  (a task per read: later TLPs are not held up) and splits completions at
+  every 64-byte RCB boundary;
+- back-pressure: cocotbext's port queue is unbounded, so the core could hand
+  over TLPs faster than the link takes them and never feel the link. The
+  bench drives the core's ``tlp_tx.ready`` low while `LINK_TX_QUEUE_TLPS`
+  of its TLPs wait for the link (the data link layer's transmit buffer);
+- counting: CoreDevice's ``sent`` and ``received`` lists become `TimedLog`s
+  (a list that notes when each TLP was added), and both ports' transmitters
+  note every TLP and DLLP they put on the link.
+
+Method, per point (direction, frame size):
+
+- TX: the driver posts frames with ``more`` (xmit_more) until the queue
+  stops, which kicks; it reclaims on the TX interrupt (wait_and_poll_tx) and
+  posts again: the ring stays full. The wire sink is always ready. Counted:
+  frames leaving on wire_tx.
+- RX: the wire source sends back to back (a new frame is queued as each one
+  ends, at the port's 32 bits a cycle, far above 1 GbE); the driver runs
+  NAPI (wait_and_poll, refill). Counted: frames delivered to the driver.
+  Frames the device could not take are its drops (device_stats, read after
+  the point).
+- both: the two at once, as two tasks; each keeps going until both have
+  their count.
+
+The first ``warmup`` frames of each flow are not counted; the rate is taken
+from the ``warmup``-th frame to the last (for "both": over the time both
+flows ran). TLPs and link bytes are counted over the same window and divided
+by the frames in it.
+
+Latency, on an idle device, one frame: doorbell (the driver issues the
+notify write) to the first beat on wire_tx; last beat on wire_rx to the
+MSI-X message reaching the root complex.
+"""
+import bisect
+import json
+import os
+import time
+
+import cocotb
+from cocotb.triggers import Event, RisingEdge, Timer
+from cocotb.utils import get_sim_time
+from cocotbext.pcie.core.dllp import Dllp
+from cocotbext.pcie.core.tlp import TlpType
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from driver.virtio_net import NETDEV_TX_BUSY, VirtioNet
+from sim import bench as model
+from sim.build import CLOCK_PERIOD_NS
+from sim.tb import TB
+
+QUEUE_SIZE = 256
+RX_VECTOR = 1                  # config is vector 0, queue i is vector i + 1
+TX_VECTOR = 2
+LINK_TX_QUEUE_TLPS = 4         # core TLPs that may wait for the link before tlp_tx.ready drops
+STALL_NS = 500_000             # no progress for this long: the point failed
+QUIET_NS = 50_000              # an RX drain ends after this long without a frame
+MSI_BASE = 0x8000_0000         # the root complex model's MSI region
+SEQ_BYTES = 4                  # each frame ends with its sequence number
+PCI_CAPABILITY_LIST = 0x34
+PCI_CAP_ID_EXP = 0x10
+PCI_EXP_DEVCTL = 0x08
+
+
+def _now():
+    return get_sim_time("ns")
+
+
+def _mwr_address(packed):
+    """The address of a packed MWr TLP (three- or four-DW header)."""
+    if packed[0] == TlpType.MEM_WRITE:
+        return int.from_bytes(packed[8:12], "big") & ~3
+    return int.from_bytes(packed[8:16], "big") & ~3
+
+
+def _is_msix(packed):
+    return (packed[0] in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64)
+            and MSI_BASE <= _mwr_address(packed) < 2 * MSI_BASE)
+
+
+class TimedLog(list):
+    """A list that notes the simulated time (ns) each item was appended at."""
+
+    def __init__(self, on_append=None):
+        super().__init__()
+        self.times = []
+        self.on_append = on_append
+
+    def append(self, item):
+        super().append(item)
+        self.times.append(_now())
+        if self.on_append is not None:
+            self.on_append(item)
+
+    def between(self, t0, t1):
+        """Items appended in (t0, t1]."""
+        return self[bisect.bisect_right(self.times, t0):bisect.bisect_right(self.times, t1)]
+
+
+class Progress:
+    def __init__(self):
+        path = os.environ.get("VNF_PROGRESS")
+        self.file = open(path, "a") if path else None
+
+    def __call__(self, message):
+        if self.file:
+            self.file.write(message + "\n")
+            self.file.flush()
+
+
+# --- the link, the host and the accounting ---------------------------------------------
+
+def set_link(tb, link):
+    """Give both ends of the DUT's link ``link``'s speed and width, and connect
+    them again (cocotbext-pcie works out the trained link at connection)."""
+    dev_port = tb.dev.upstream_port
+    rp_port = dev_port.other
+    for port in (dev_port, rp_port):
+        port.max_link_speed = link.speed
+        port.max_link_width = link.width
+        port.other = None
+    dev_port._connect(rp_port)
+    expected_ns = 8 / (link.bytes_per_s * 8) * 1e9
+    for port in (dev_port, rp_port):
+        assert abs(port.symbol_period * 1e9 - expected_ns) < 1e-9, (port.symbol_period, expected_ns)
+    return dev_port, rp_port
+
+
+def add_read_latency(rc, latency_ns):
+    """The root complex answers memory reads ``latency_ns`` after they arrive."""
+    if not latency_ns:
+        return
+    for fmt_type in (TlpType.MEM_READ, TlpType.MEM_READ_64):
+        handler = rc.rx_tlp_handler[fmt_type]
+
+        async def later(tlp, handler=handler):
+            await Timer(latency_ns, "ns")
+            await handler(tlp)
+
+        async def delayed(tlp, later=later):
+            cocotb.start_soon(later(tlp))
+
+        rc.register_rx_tlp_handler(fmt_type, delayed)
+
+
+class LinkAccounting:
+    """Notes every TLP the core sends and receives (with times), every packet
+    each port puts on the link, and holds the core's tlp_tx while
+    LINK_TX_QUEUE_TLPS of its TLPs wait for the link."""
+
+    def __init__(self, tb, dev_port, rp_port, queue_limit=LINK_TX_QUEUE_TLPS):
+        self.dut = tb.dut
+        self.limit = queue_limit
+        self.waiting = 0
+        self.changed = Event()
+        tb.dev.sent = TimedLog(on_append=self._core_sent)
+        tb.dev.received = TimedLog()
+        self.sent, self.received = tb.dev.sent, tb.dev.received
+        self.up = TimedLog()      # (is_tlp, wire bytes) put on the link by the device's port
+        self.down = TimedLog()    # the same for the root port
+        self._instrument(dev_port, self.up, counts_core=True)
+        self._instrument(rp_port, self.down, counts_core=False)
+        self.held_cycles = 0
+        cocotb.start_soon(self._hold())
+
+    def _core_sent(self, packed):
+        self.waiting += 1
+        if self.waiting >= self.limit:
+            self.changed.set()
+
+    def _instrument(self, port, log, counts_core):
+        transmit = port.handle_tx
+
+        async def handle_tx(pkt):
+            is_tlp = not isinstance(pkt, Dllp)
+            log.append((is_tlp, pkt.get_wire_size()))
+            if counts_core and is_tlp:
+                self.waiting -= 1
+                if self.waiting < self.limit:
+                    self.changed.set()
+            await transmit(pkt)
+
+        port.handle_tx = handle_tx
+
+    async def _hold(self):
+        dut, clk = self.dut, self.dut.clk
+        ready = True
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            await RisingEdge(clk)          # a phase where inputs may be written
+            want = self.waiting < self.limit
+            if want != ready:
+                dut.tlp_tx__ready.value = int(want)
+                ready = want
+
+    def window(self, t0, t1):
+        """TLP counts by kind and link bytes by direction in (t0, t1]."""
+        counts = dict.fromkeys(("mrd", "mwr", "msix", "cpld_in", "mmio_wr", "mmio_rd",
+                                "cpl_out", "other"), 0)
+        for packed in self.sent.between(t0, t1):
+            fmt_type = packed[0]
+            if fmt_type in (TlpType.MEM_READ, TlpType.MEM_READ_64):
+                counts["mrd"] += 1
+            elif fmt_type in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64):
+                counts["msix" if _is_msix(packed) else "mwr"] += 1
+            elif fmt_type in (TlpType.CPL, TlpType.CPL_DATA):
+                counts["cpl_out"] += 1
+            else:
+                counts["other"] += 1
+        for tlp in self.received.between(t0, t1):
+            if tlp.fmt_type in (TlpType.CPL, TlpType.CPL_DATA):
+                counts["cpld_in"] += 1
+            elif tlp.fmt_type in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64):
+                counts["mmio_wr"] += 1
+            elif tlp.fmt_type in (TlpType.MEM_READ, TlpType.MEM_READ_64):
+                counts["mmio_rd"] += 1
+            else:
+                counts["other"] += 1
+        link_bytes = {"up_tlp": 0, "up_dllp": 0, "down_tlp": 0, "down_dllp": 0}
+        for name, log in (("up", self.up), ("down", self.down)):
+            for is_tlp, size in log.between(t0, t1):
+                link_bytes[f"{name}_{'tlp' if is_tlp else 'dllp'}"] += size
+        return counts, link_bytes
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+def frame_maker(frame_bytes, dst):
+    """A UDP frame of ``frame_bytes`` (FCS counted, not sent), its last 4 bytes
+    a sequence number: returns make(seq) -> bytes, and seq_of(frame)."""
+    size = model.dma_frame_bytes(frame_bytes)
+    head = bytes(Ether(src="02:00:00:00:00:02", dst=dst) / IP(src="10.0.0.2", dst="10.0.0.1")
+                 / UDP(sport=9, dport=9))
+    body = head + bytes(range(256)) * 6
+    template = body[:size - SEQ_BYTES]
+    assert len(template) + SEQ_BYTES == size
+
+    def make(seq):
+        return template + seq.to_bytes(SEQ_BYTES, "big")
+
+    def seq_of(frame):
+        if len(frame) != size or frame[:-SEQ_BYTES] != template:
+            return None
+        return int.from_bytes(frame[-SEQ_BYTES:], "big")
+
+    return make, seq_of
+
+
+# --- the bench --------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, tb, net, acct, link, progress):
+        self.tb, self.net, self.acct, self.link = tb, net, acct, link
+        self.dut = tb.dut
+        self.progress = progress
+        self.tx_times = []          # wire_tx frames (time of the last beat)
+        self.rx_times = []          # frames delivered to the driver
+        self.on_tx = None
+        self.on_rx = None
+        self.on_source_frame = None
+        tb.wire_sink.add_callback(lambda frame: self.on_tx and self.on_tx(frame))
+        net.on_receive = lambda pair, frame: self.on_rx and self.on_rx(frame)
+        tb.wire_source.on_frame.append(lambda frame: self.on_source_frame and
+                                       self.on_source_frame(frame))
+        # no pcap for the bench: it would cost wall time for every frame
+        tb.pcap.record = lambda *args, **kwargs: None
+
+    async def _device_drops(self):
+        stats = await self.net.device_stats()
+        return sum(stats.drops.values())
+
+    async def point(self, direction, frame_bytes, packets, warmup):
+        """One measurement; returns the raw figures (see sim/bench.py finish_result)."""
+        tb, net = self.tb, self.net
+        make, seq_of = frame_maker(frame_bytes, net.mac.hex(":") if net.mac else "ff:ff:ff:ff:ff:ff")
+        target = warmup + packets
+        tx_on = direction in ("tx", "both")
+        rx_on = direction in ("rx", "both")
+        tx_times, rx_times = [], []
+        errors = {"tx": 0, "rx": 0}
+        expect = {"tx": 0, "rx": 0}
+        stop = Event()
+        stopped_at = [None]
+
+        def check_stop():
+            if stop.is_set():
+                return
+            if (not tx_on or len(tx_times) >= target) and (not rx_on or len(rx_times) >= target):
+                stopped_at[0] = _now()
+                stop.set()
+
+        def on_tx(frame):
+            seq = seq_of(frame)
+            if seq != expect["tx"]:
+                errors["tx"] += 1
+            expect["tx"] = (seq if seq is not None else expect["tx"]) + 1
+            tx_times.append(_now())
+            check_stop()
+            tx_wire_done.set()
+
+        def on_rx(frame):
+            seq = seq_of(frame)
+            if seq is None or seq < expect["rx"]:     # drops skip numbers; nothing goes back
+                errors["rx"] += 1
+            else:
+                expect["rx"] = seq + 1
+            rx_times.append(_now())
+            check_stop()
+
+        tx_wire_done = Event()
+        self.on_tx, self.on_rx = on_tx, on_rx
+        drops_before = await self._device_drops() if rx_on else 0
+        tasks = []
+        posted = [0]
+        offered = [0]
+        if tx_on:
+            tasks.append(cocotb.start_soon(self._tx_pump(make, posted, stop)))
+        if rx_on:
+            def on_source_frame(frame):
+                if not stop.is_set():
+                    tb.wire_source.send_nowait(make(offered[0]))
+                    offered[0] += 1
+            self.on_source_frame = on_source_frame
+            for _ in range(2):
+                tb.wire_source.send_nowait(make(offered[0]))
+                offered[0] += 1
+            tasks.append(cocotb.start_soon(self._rx_napi(stop)))
+
+        # watchdog: progress or fail
+        last = (0, _now())
+        while not stop.is_set():
+            await cocotb.triggers.First(stop.wait(), Timer(STALL_NS // 5, "ns"))
+            done = len(tx_times) + len(rx_times)
+            if done != last[0]:
+                last = (done, _now())
+            elif _now() - last[1] > STALL_NS:
+                raise TimeoutError(f"{direction} {frame_bytes}: no frame for {STALL_NS} ns "
+                                   f"(tx {len(tx_times)}, rx {len(rx_times)}, posted {posted[0]})")
+
+        # the window
+        t_end = stopped_at[0]
+        t_start = max([times[warmup] for times, on in ((tx_times, tx_on), (rx_times, rx_on)) if on])
+        raw = {"link": self.link.name, "direction": direction, "frame_bytes": frame_bytes,
+               "queue_pairs": net.curr_queue_pairs}
+        window_packets = 0
+        for name, times, on in (("tx", tx_times, tx_on), ("rx", rx_times, rx_on)):
+            if on:
+                n = bisect.bisect_right(times, t_end) - bisect.bisect_right(times, t_start)
+                raw[name] = {"packets": n, "seconds": (t_end - t_start) * 1e-9}
+                window_packets += n
+        counts, link_bytes = self.acct.window(t_start, t_end)
+        raw["window_packets"] = window_packets
+        raw["tlps"] = counts
+        raw["dma_tlps"] = counts["mrd"] + counts["mwr"] + counts["cpld_in"]
+        raw["link_bytes"] = link_bytes
+        seconds = (t_end - t_start) * 1e-9
+        raw["link_busy_pct"] = {
+            "up": round(100 * (link_bytes["up_tlp"] + link_bytes["up_dllp"])
+                        / (self.link.bytes_per_s * seconds), 2),
+            "down": round(100 * (link_bytes["down_tlp"] + link_bytes["down_dllp"])
+                          / (self.link.bytes_per_s * seconds), 2)}
+
+        # drain: everything posted leaves, everything offered is delivered or dropped
+        for task in tasks:
+            await task
+        if tx_on:
+            while len(tx_times) < posted[0]:
+                tx_wire_done.clear()
+                await cocotb.triggers.First(tx_wire_done.wait(), Timer(STALL_NS, "ns"))
+            await net.poll_tx(0)
+            self.progress(f"DEBUG drained posted {posted[0]} wire {len(tx_times)}")
+        if rx_on:
+            self.on_source_frame = None
+            await tb.wire_source.wait_idle()
+            await self._rx_drain()
+            drops = await self._device_drops() - drops_before
+            raw["rx"].update(offered=offered[0], delivered=len(rx_times), device_drops=drops)
+        raw["frame_errors"] = errors["tx"] + errors["rx"]
+        self.on_tx = self.on_rx = None
+        return raw
+
+    async def _tx_pump(self, make, posted, stop):
+        """Keep the TX ring full until ``stop``; then kick what is posted."""
+        net, clk = self.net, self.dut.clk
+        sq = net.sq[0]
+        while not stop.is_set():
+            if sq.stopped:
+                await net.wait_and_poll_tx(0, timeout_ns=STALL_NS // 10)
+                continue
+            status = await net.start_xmit(make(posted[0]), 0, more=True)
+            if status == NETDEV_TX_BUSY:       # the RX poll holds the queue for a moment
+                await RisingEdge(clk)
+                continue
+            posted[0] += 1
+        if await sq.vq.kick_prepare():
+            await sq.vq.notify()
+
+    async def _rx_napi(self, stop):
+        net = self.net
+        while not stop.is_set():
+            await net.wait_and_poll(0, timeout_ns=STALL_NS // 10)
+
+    async def _rx_drain(self):
+        """Poll until no frame came for QUIET_NS."""
+        net = self.net
+        while await net.wait_and_poll(0, timeout_ns=QUIET_NS) or net.rq[0].napi.scheduled:
+            pass
+
+    async def latency(self, frame_bytes):
+        """Doorbell to wire (TX) and wire to MSI-X (RX) for one frame on an idle device."""
+        tb, net, dut = self.tb, self.net, self.dut
+        make, _ = frame_maker(frame_bytes, net.mac.hex(":"))
+        results = []
+
+        # TX: the driver's notify write -> first beat taken on wire_tx
+        sq = net.sq[0]
+        notify_at = []
+        transport = tb.transport
+        mmio_write = type(transport).mmio_write
+
+        async def watching_mmio_write(addr, size, value):
+            if addr == sq.vq.notify_address:
+                notify_at.append(_now())
+            await mmio_write(transport, addr, size, value)
+
+        transport.mmio_write = watching_mmio_write
+        first_beat = []
+
+        async def watch_wire_tx():
+            await RisingEdge(dut.wire_tx__valid)
+            await RisingEdge(dut.clk)               # the beat is taken at this edge
+            first_beat.append(_now())
+
+        watcher = cocotb.start_soon(watch_wire_tx())
+        arrived = Event()
+        self.on_tx = lambda frame: arrived.set()
+        received_before = len(self.acct.received)
+        vq = sq.vq
+        ae = await vq._read16(vq._avail_event_addr)
+        self.progress(f"DEBUG avail_event {ae} avail_idx_shadow {vq.avail_idx_shadow} last_used {vq.last_used_idx} used_idx {await vq._read_used_idx()} num_added {vq.num_added} stopped {sq.stopped} event {vq.event}")
+        await net.send(make(0))
+        self.progress(f"DEBUG after: notify {notify_at} avail_idx_shadow {vq.avail_idx_shadow} stats {sq.stats}")
+        await arrived.wait()
+        await watcher
+        del transport.mmio_write
+        self.on_tx = None
+        doorbell_tlp = [t for tlp, t in zip(self.acct.received[received_before:],
+                                            self.acct.received.times[received_before:])
+                        if tlp.fmt_type in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64)]
+        results.append({"link": self.link.name, "what": "doorbell_to_wire", "frame_bytes": frame_bytes,
+                        "ns": first_beat[0] - notify_at[0]})
+        results.append({"link": self.link.name, "what": "doorbell_tlp_to_wire",
+                        "frame_bytes": frame_bytes, "ns": first_beat[0] - doorbell_tlp[0]})
+        await net.poll_tx(0)
+
+        # RX: last beat taken on wire_rx -> MSI-X message at the root complex
+        await net.poll(0)                           # NAPI done: the RX interrupt is armed
+        msix_at = []
+
+        async def on_msix():
+            msix_at.append(_now())
+
+        vector = tb.function.msi_vectors[RX_VECTOR]
+        vector.cb.append(on_msix)
+        last_beat = []
+        self.on_source_frame = lambda frame: last_beat.append(_now())
+        sent_before = len(self.acct.sent)
+        tb.wire_source.send_nowait(make(1))
+        got = []
+        self.on_rx = got.append
+        while not got:
+            if not await net.wait_and_poll(0, timeout_ns=STALL_NS):
+                if not got:
+                    raise TimeoutError("RX latency: the frame never arrived")
+        vector.cb.remove(on_msix)
+        self.on_source_frame = self.on_rx = None
+        msix_tlp = [t for packed, t in zip(self.acct.sent[sent_before:],
+                                           self.acct.sent.times[sent_before:])
+                    if _is_msix(packed)]
+        results.append({"link": self.link.name, "what": "wire_to_interrupt", "frame_bytes": frame_bytes,
+                        "ns": msix_at[0] - last_beat[0]})
+        results.append({"link": self.link.name, "what": "wire_to_msix_tlp", "frame_bytes": frame_bytes,
+                        "ns": msix_tlp[0] - last_beat[0]})
+        return results
+
+
+async def _read_devctl(transport):
+    """Device Control of the PCI Express capability (walk the capability list)."""
+    pointer = await transport.config_read(PCI_CAPABILITY_LIST, 1)
+    while pointer:
+        header = await transport.config_read(pointer, 2)
+        if header & 0xFF == PCI_CAP_ID_EXP:
+            return await transport.config_read(pointer + PCI_EXP_DEVCTL, 2)
+        pointer = header >> 8
+    return None
+
+
+@cocotb.test()
+async def bench(dut):
+    """Measure the points of $VNF_BENCH on one link."""
+    wall_started = time.perf_counter()
+    progress = Progress()
+    cfg = json.loads(os.environ["VNF_BENCH"])
+    link = model.LINKS[cfg["link"]]
+    read_latency_ns = cfg.get("read_latency_ns", model.DEFAULT_READ_LATENCY_NS)
+
+    tb = TB(dut)
+    dev_port, rp_port = set_link(tb, link)
+    add_read_latency(tb.rc, read_latency_ns)
+    tb.rc.split_on_all_rcb = True
+    acct = LinkAccounting(tb, dev_port, rp_port)
+    await tb.init()
+    net = VirtioNet(tb.transport, queue_size=QUEUE_SIZE, ring_start_index=tb.params.ring_start_index)
+    await net.probe()
+    await net.open()
+    devctl = await _read_devctl(tb.transport)
+    bench_ = Bench(tb, net, acct, link, progress)
+
+    results = []
+    for point in cfg["points"]:
+        started = time.perf_counter()
+        sim_started = _now()
+        raw = await bench_.point(point["direction"], point["frame_bytes"], point["packets"],
+                                 point["warmup"])
+        raw["wall_s"] = round(time.perf_counter() - started, 2)
+        raw["sim_us"] = round((_now() - sim_started) / 1e3, 1)
+        results.append(raw)
+        row = model.finish_result(raw)
+        progress(f"{link.name} {point['direction']:4} {point['frame_bytes']:4d} B: "
+                 f"{row['gbps']:.3f} Gb/s, {row['mpps']:.4f} Mpps, "
+                 f"{row['link_limit_pct']:.1f}% of link limit, {row['line_rate_pct']:.1f}% of 1 GbE, "
+                 f"{row['dma_tlps_per_packet']:.2f} DMA TLPs/packet"
+                 + (f", RX drops {raw['rx']['device_drops']}/{raw['rx']['offered']}"
+                    if "rx" in raw else "")
+                 + f" ({raw['sim_us']:.0f} us simulated, {raw['wall_s']:.1f} s)")
+
+    latency = []
+    for frame_bytes in cfg.get("latency", []):
+        latency += await bench_.latency(frame_bytes)
+    for item in latency:
+        progress(f"{link.name} latency {item['what']} {item['frame_bytes']} B: {item['ns']:.0f} ns")
+
+    tb.check_memory()
+    sim_ns = _now()
+    wall_s = time.perf_counter() - wall_started
+    out = {
+        "link": link.name,
+        "read_latency_ns": read_latency_ns,
+        "link_tx_queue_tlps": LINK_TX_QUEUE_TLPS,
+        "devctl": devctl,
+        "points": results,
+        "latency": latency,
+        "sim_ns": sim_ns,
+        "dut_cycles": sim_ns / CLOCK_PERIOD_NS,
+        "wall_s": wall_s,
+    }
+    with open(os.environ["VNF_OUT"], "w") as f:
+        f.write(json.dumps(out))
