@@ -20,6 +20,8 @@ from amaranth.lib.wiring import In, Out, connect
 
 from . import spec
 from .lib.byte_packer import BytePacker
+from .lib.pipeline import PipelineRegister
+from .pcie.dma import DmaRequest
 from .net.frame import FrameStreamSignature
 from .net.packet_fifo import DropReason, PacketFifo
 from .net.wire_tx import FrameSender
@@ -184,8 +186,17 @@ class VirtioNetCore(wiring.Component):
         connect(m, demux.cpl, dma_read.cpl)
         connect(m, dma_read.tlp, arbiter.i[2])
         connect(m, dma_write.tlp, arbiter.i[3])
-        connect(m, engine.dma_rd, dma_read.client)
-        connect(m, engine.dma_wr, dma_write.client)
+        # requests go through a register stage: the engine computes ring
+        # addresses, the requester splits them; neither waits for the other
+        m.submodules.rd_req_reg = rd_req_reg = ResetInserter(dev_reset)(PipelineRegister(DmaRequest))
+        m.submodules.wr_req_reg = wr_req_reg = ResetInserter(dev_reset)(PipelineRegister(DmaRequest))
+        connect(m, engine.dma_rd.req, rd_req_reg.i)
+        connect(m, rd_req_reg.o, dma_read.client.req)
+        connect(m, dma_read.client.data, engine.dma_rd.data)
+        connect(m, engine.dma_wr.req, wr_req_reg.i)
+        connect(m, wr_req_reg.o, dma_write.client.req)
+        connect(m, engine.dma_wr.data, dma_write.client.data)
+        m.d.comb += engine.dma_wr.busy.eq(dma_write.client.busy | wr_req_reg.o.valid)
         connect(m, transport.doorbell, engine.doorbell)
         for i, queue in enumerate(transport.queues):
             m.d.comb += engine.queues[i].eq(queue)

@@ -139,6 +139,7 @@ class RingEngine(wiring.Component):
         signalled = idx("signalled")         # used idx at the last interrupt decision
         kick = Signal(nq)
         cfgs = Array(self.queues)
+        cfg = Signal(QueueConfig)            # the served queue's settings, registered
 
         m.d.comb += self.doorbell.ready.eq(1)
         kick_set = Signal(nq)
@@ -152,7 +153,6 @@ class RingEngine(wiring.Component):
 
         q = Signal(8)                        # the queue being served
         m.d.comb += self.queue.eq(q)
-        cfg = cfgs[q]
         size_mask = Signal(_IDX_BITS)
         m.d.comb += size_mask.eq(cfg.size - 1)
         cur_last = last_avail[q]
@@ -238,10 +238,11 @@ class RingEngine(wiring.Component):
         with m.FSM(name="ring"):
             with m.State("IDLE"):
                 with m.If(rx_ready & (prefer_rx | ~tx_here)):
-                    m.d.sync += [q.eq(rx_q), is_rx.eq(1), prefer_rx.eq(0)]
+                    m.d.sync += [q.eq(rx_q), is_rx.eq(1), prefer_rx.eq(0),
+                                 cfg.eq(self.queues[rx_q])]
                     m.next = "VISIT"
                 with m.Elif(tx_here):
-                    m.d.sync += [q.eq(scan), is_rx.eq(0), prefer_rx.eq(1)]
+                    m.d.sync += [q.eq(scan), is_rx.eq(0), prefer_rx.eq(1), cfg.eq(cfgs[scan])]
                     m.next = "VISIT"
                 # the scan moves on every cycle: TX queues take turns
                 m.d.sync += scan.eq(Mux(scan >= tx_queues[-1], tx_queues[0], scan + 2))

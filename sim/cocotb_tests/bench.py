@@ -56,23 +56,28 @@ import os
 import time
 
 import cocotb
-from cocotb.triggers import Event, RisingEdge, Timer
+from cocotb.triggers import Event, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 from cocotbext.pcie.core.dllp import Dllp
-from cocotbext.pcie.core.tlp import TlpType
+from cocotbext.pcie.core.tlp import Tlp, TlpType
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from driver.virtio_net import NETDEV_TX_BUSY, VirtioNet
 from sim import bench as model
 from sim.build import CLOCK_PERIOD_NS
+from sim.device import INJECT_TAG_BASE
+from sim.device import _unpack_beat as unpack_tlp_beat
 from sim.tb import TB
+from sim.tlp_codec import beats_to_tlp
 
 QUEUE_SIZE = 256
 RX_VECTOR = 1                  # config is vector 0, queue i is vector i + 1
 TX_VECTOR = 2
 LINK_TX_QUEUE_TLPS = 4         # core TLPs that may wait for the link before tlp_tx.ready drops
 STALL_NS = 500_000             # no progress for this long: the point failed
+TX_AHEAD = 64                  # frames the TX driver keeps posted ahead of the wire
+IDLE_NS = 5_000                # the device is idle once it sent no TLP for this long
 QUIET_NS = 50_000              # an RX drain ends after this long without a frame
 MSI_BASE = 0x8000_0000         # the root complex model's MSI region
 SEQ_BYTES = 4                  # each frame ends with its sequence number
@@ -85,16 +90,21 @@ def _now():
     return get_sim_time("ns")
 
 
-def _mwr_address(packed):
-    """The address of a packed MWr TLP (three- or four-DW header)."""
-    if packed[0] == TlpType.MEM_WRITE:
-        return int.from_bytes(packed[8:12], "big") & ~3
-    return int.from_bytes(packed[8:16], "big") & ~3
+# Fmt and Type, the first byte of a packed TLP (PCIe Base 4.0 section 2.2.1)
+MRD32, MRD64, MWR32, MWR64, CPL, CPLD = 0x00, 0x20, 0x40, 0x60, 0x0A, 0x4A
 
 
-def _is_msix(packed):
-    return (packed[0] in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64)
-            and MSI_BASE <= _mwr_address(packed) < 2 * MSI_BASE)
+def _is_msix(packed, data=None):
+    """Whether a packed TLP is a MWr into the root complex's MSI region (with
+    message ``data``, if given)."""
+    if packed[0] == MWR32:
+        addr, payload = int.from_bytes(packed[8:12], "big"), packed[12:16]
+    elif packed[0] == MWR64:
+        addr, payload = int.from_bytes(packed[8:16], "big"), packed[16:20]
+    else:
+        return False
+    return (MSI_BASE <= addr < 2 * MSI_BASE
+            and (data is None or int.from_bytes(payload, "little") == data))
 
 
 class TimedLog(list):
@@ -162,6 +172,45 @@ def add_read_latency(rc, latency_ns):
         rc.register_rx_tlp_handler(fmt_type, delayed)
 
 
+async def _monitor_tx_sleeping(dev):
+    """CoreDevice._monitor_tx (sim/device.py), the same but asleep while the
+    core offers nothing: it waits for ``tlp_tx.valid`` to rise instead of
+    waking every cycle. The bench swaps it in: the per-cycle wake-ups were
+    most of the wall time."""
+    dut = dev.dut
+    edge, settled = RisingEdge(dev.clk), ReadOnly()
+    valid_rises = RisingEdge(dut.tlp_tx__valid)
+    beats = []
+    while True:
+        await settled
+        if dut.rst.value:
+            beats = []
+        elif dut.tlp_tx__valid.value:
+            if dut.tlp_tx__ready.value:
+                beat = unpack_tlp_beat(int(dut.tlp_tx__payload.value))
+                if beat[2]:
+                    beats = []
+                beats.append(beat)
+                if beat[3]:
+                    packed = beats_to_tlp(beats)
+                    beats = []
+                    dev.sent.append(packed)
+                    tlp = Tlp.unpack(packed)
+                    if tlp.tag < INJECT_TAG_BASE:
+                        cocotb.start_soon(dev.upstream_send(tlp))
+        else:
+            await valid_rises                # valid rises just after a clock edge
+            continue
+        await edge
+
+
+def use_sleeping_monitor(dev):
+    monitor = dev._tasks[1]
+    assert monitor.get_coro().__name__ == "_monitor_tx" if hasattr(monitor, "get_coro") else True
+    monitor.cancel()
+    dev._tasks[1] = cocotb.start_soon(_monitor_tx_sleeping(dev))
+
+
 class LinkAccounting:
     """Notes every TLP the core sends and receives (with times), every packet
     each port puts on the link, and holds the core's tlp_tx while
@@ -219,11 +268,11 @@ class LinkAccounting:
                                 "cpl_out", "other"), 0)
         for packed in self.sent.between(t0, t1):
             fmt_type = packed[0]
-            if fmt_type in (TlpType.MEM_READ, TlpType.MEM_READ_64):
+            if fmt_type in (MRD32, MRD64):
                 counts["mrd"] += 1
-            elif fmt_type in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64):
+            elif fmt_type in (MWR32, MWR64):
                 counts["msix" if _is_msix(packed) else "mwr"] += 1
-            elif fmt_type in (TlpType.CPL, TlpType.CPL_DATA):
+            elif fmt_type in (CPL, CPLD):
                 counts["cpl_out"] += 1
             else:
                 counts["other"] += 1
@@ -300,13 +349,11 @@ class Bench:
         errors = {"tx": 0, "rx": 0}
         expect = {"tx": 0, "rx": 0}
         stop = Event()
-        stopped_at = [None]
+        wire_moved = Event()
 
         def check_stop():
-            if stop.is_set():
-                return
-            if (not tx_on or len(tx_times) >= target) and (not rx_on or len(rx_times) >= target):
-                stopped_at[0] = _now()
+            if not stop.is_set() and (not tx_on or len(tx_times) >= target) \
+                    and (not rx_on or len(rx_times) >= target):
                 stop.set()
 
         def on_tx(frame):
@@ -315,8 +362,8 @@ class Bench:
                 errors["tx"] += 1
             expect["tx"] = (seq if seq is not None else expect["tx"]) + 1
             tx_times.append(_now())
+            wire_moved.set()
             check_stop()
-            tx_wire_done.set()
 
         def on_rx(frame):
             seq = seq_of(frame)
@@ -327,14 +374,14 @@ class Bench:
             rx_times.append(_now())
             check_stop()
 
-        tx_wire_done = Event()
         self.on_tx, self.on_rx = on_tx, on_rx
         drops_before = await self._device_drops() if rx_on else 0
         tasks = []
         posted = [0]
         offered = [0]
         if tx_on:
-            tasks.append(cocotb.start_soon(self._tx_pump(make, posted, stop)))
+            tasks.append(cocotb.start_soon(
+                self._tx_pump(make, posted, lambda: len(tx_times), wire_moved, stop)))
         if rx_on:
             def on_source_frame(frame):
                 if not stop.is_set():
@@ -357,9 +404,10 @@ class Bench:
                 raise TimeoutError(f"{direction} {frame_bytes}: no frame for {STALL_NS} ns "
                                    f"(tx {len(tx_times)}, rx {len(rx_times)}, posted {posted[0]})")
 
-        # the window
-        t_end = stopped_at[0]
-        t_start = max([times[warmup] for times, on in ((tx_times, tx_on), (rx_times, rx_on)) if on])
+        # the window: from the last flow's warmup-th frame to the first flow's last
+        flows = [times for times, on in ((tx_times, tx_on), (rx_times, rx_on)) if on]
+        t_start = max(times[warmup] for times in flows)
+        t_end = min(times[target - 1] for times in flows)
         raw = {"link": self.link.name, "direction": direction, "frame_bytes": frame_bytes,
                "queue_pairs": net.curr_queue_pairs}
         window_packets = 0
@@ -384,11 +432,14 @@ class Bench:
         for task in tasks:
             await task
         if tx_on:
-            while len(tx_times) < posted[0]:
-                tx_wire_done.clear()
-                await cocotb.triggers.First(tx_wire_done.wait(), Timer(STALL_NS, "ns"))
-            await net.poll_tx(0)
-            self.progress(f"DEBUG drained posted {posted[0]} wire {len(tx_times)}")
+            sq = net.sq[0]
+            while sq.vq.num_free < sq.vq.num:       # every buffer back
+                await net.wait_and_poll_tx(0, timeout_ns=QUIET_NS)
+            while len(tx_times) < posted[0]:        # the last may still be leaving the FIFO
+                wire_moved.clear()
+                await cocotb.triggers.First(wire_moved.wait(), Timer(QUIET_NS, "ns"))
+                if not wire_moved.is_set():
+                    raise AssertionError(f"{posted[0]} frames posted, {len(tx_times)} on the wire")
         if rx_on:
             self.on_source_frame = None
             await tb.wire_source.wait_idle()
@@ -399,15 +450,25 @@ class Bench:
         self.on_tx = self.on_rx = None
         return raw
 
-    async def _tx_pump(self, make, posted, stop):
-        """Keep the TX ring full until ``stop``; then kick what is posted."""
+    async def _tx_pump(self, make, posted, on_wire, wire_moved, stop):
+        """Keep TX_AHEAD frames posted ahead of the wire until ``stop``.
+
+        Frames go in with ``more`` (xmit_more: no kick) but the one that
+        reaches TX_AHEAD, which kicks; the driver also kicks when the queue
+        stops. A stopped queue waits for its interrupt (wait_and_poll_tx).
+        """
         net, clk = self.net, self.dut.clk
         sq = net.sq[0]
         while not stop.is_set():
             if sq.stopped:
                 await net.wait_and_poll_tx(0, timeout_ns=STALL_NS // 10)
                 continue
-            status = await net.start_xmit(make(posted[0]), 0, more=True)
+            ahead = posted[0] - on_wire()
+            if ahead >= TX_AHEAD:
+                wire_moved.clear()
+                await wire_moved.wait()
+                continue
+            status = await net.start_xmit(make(posted[0]), 0, more=ahead + 1 < TX_AHEAD)
             if status == NETDEV_TX_BUSY:       # the RX poll holds the queue for a moment
                 await RisingEdge(clk)
                 continue
@@ -426,9 +487,19 @@ class Bench:
         while await net.wait_and_poll(0, timeout_ns=QUIET_NS) or net.rq[0].napi.scheduled:
             pass
 
+    async def _idle(self, quiet_ns=IDLE_NS):
+        """Wait until the core has sent no TLP for ``quiet_ns``."""
+        while True:
+            times = self.acct.sent.times
+            since = _now() - (times[-1] if times else 0)
+            if since >= quiet_ns:
+                return
+            await Timer(quiet_ns - since, "ns")
+
     async def latency(self, frame_bytes):
         """Doorbell to wire (TX) and wire to MSI-X (RX) for one frame on an idle device."""
         tb, net, dut = self.tb, self.net, self.dut
+        await self._idle()
         make, _ = frame_maker(frame_bytes, net.mac.hex(":"))
         results = []
 
@@ -455,11 +526,8 @@ class Bench:
         arrived = Event()
         self.on_tx = lambda frame: arrived.set()
         received_before = len(self.acct.received)
-        vq = sq.vq
-        ae = await vq._read16(vq._avail_event_addr)
-        self.progress(f"DEBUG avail_event {ae} avail_idx_shadow {vq.avail_idx_shadow} last_used {vq.last_used_idx} used_idx {await vq._read_used_idx()} num_added {vq.num_added} stopped {sq.stopped} event {vq.event}")
+        published = _now()
         await net.send(make(0))
-        self.progress(f"DEBUG after: notify {notify_at} avail_idx_shadow {vq.avail_idx_shadow} stats {sq.stats}")
         await arrived.wait()
         await watcher
         del transport.mmio_write
@@ -467,14 +535,19 @@ class Bench:
         doorbell_tlp = [t for tlp, t in zip(self.acct.received[received_before:],
                                             self.acct.received.times[received_before:])
                         if tlp.fmt_type in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64)]
-        results.append({"link": self.link.name, "what": "doorbell_to_wire", "frame_bytes": frame_bytes,
-                        "ns": first_beat[0] - notify_at[0]})
-        results.append({"link": self.link.name, "what": "doorbell_tlp_to_wire",
-                        "frame_bytes": frame_bytes, "ns": first_beat[0] - doorbell_tlp[0]})
+        if notify_at:
+            results.append({"link": self.link.name, "what": "doorbell_to_wire",
+                            "frame_bytes": frame_bytes, "ns": first_beat[0] - notify_at[0]})
+            results.append({"link": self.link.name, "what": "doorbell_tlp_to_wire",
+                            "frame_bytes": frame_bytes, "ns": first_beat[0] - doorbell_tlp[0]})
+        else:       # the device asked for no notification (it was still looking at the ring)
+            results.append({"link": self.link.name, "what": "publish_to_wire",
+                            "frame_bytes": frame_bytes, "ns": first_beat[0] - published})
         await net.poll_tx(0)
 
         # RX: last beat taken on wire_rx -> MSI-X message at the root complex
         await net.poll(0)                           # NAPI done: the RX interrupt is armed
+        await self._idle()
         msix_at = []
 
         async def on_msix():
@@ -496,7 +569,7 @@ class Bench:
         self.on_source_frame = self.on_rx = None
         msix_tlp = [t for packed, t in zip(self.acct.sent[sent_before:],
                                            self.acct.sent.times[sent_before:])
-                    if _is_msix(packed)]
+                    if _is_msix(packed, vector.data)]
         results.append({"link": self.link.name, "what": "wire_to_interrupt", "frame_bytes": frame_bytes,
                         "ns": msix_at[0] - last_beat[0]})
         results.append({"link": self.link.name, "what": "wire_to_msix_tlp", "frame_bytes": frame_bytes,
@@ -529,6 +602,7 @@ async def bench(dut):
     add_read_latency(tb.rc, read_latency_ns)
     tb.rc.split_on_all_rcb = True
     acct = LinkAccounting(tb, dev_port, rp_port)
+    use_sleeping_monitor(tb.dev)
     await tb.init()
     net = VirtioNet(tb.transport, queue_size=QUEUE_SIZE, ring_start_index=tb.params.ring_start_index)
     await net.probe()
