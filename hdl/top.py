@@ -14,7 +14,7 @@ for tests that need a device advertising something else.
 """
 import dataclasses
 
-from amaranth.hdl import Module, Mux, ResetInserter
+from amaranth.hdl import Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -173,7 +173,9 @@ class VirtioNetCore(wiring.Component):
         mps = Mux(mps_field > mps_supported, mps_supported, mps_field)
 
         # --- DMA requester and ring engine --------------------------------
-        dev_reset = transport.device_reset
+        # the driver's reset, registered before it fans out to every block
+        dev_reset = Signal()
+        m.d.sync += dev_reset.eq(transport.device_reset)
         m.submodules.dma_read = dma_read = ResetInserter(dev_reset)(DmaReader())
         m.submodules.dma_write = dma_write = ResetInserter(dev_reset)(DmaWriter())
         m.submodules.engine = engine = ResetInserter(dev_reset)(self.engine)

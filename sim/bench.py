@@ -53,7 +53,9 @@ that link:
   direction.
 
 With TX and RX at once, each flow's data has its own link direction; the
-"both" figure is the mean of the two directions' utilisations.
+"both" figure is the mean of the two directions' utilisations. Likewise
+``line_rate_pct`` for "both" is the sum of the two directions' rates over
+twice the line rate (full duplex); ``tx_*`` and ``rx_*`` give each direction.
 At 1518 bytes, TX data is 76% efficient on the link (64-byte completions)
 and RX data 86% (128-byte writes), the figures of the design brief.
 
@@ -94,7 +96,7 @@ LINK_MODEL = ("cocotbext-pcie 0.2.16 SimPort, both ends set to the link's speed 
 
 FRAME_SIZES = (64, 256, 512, 1518)
 DIRECTIONS = ("tx", "rx", "both")
-DEFAULT_PACKETS = 300             # frames counted per point, after the warm-up
+DEFAULT_PACKETS = 200             # frames counted per point, after the warm-up
 QUICK_PACKETS = 48
 
 
@@ -179,6 +181,7 @@ def finish_result(raw):
     row["tlps_per_packet"] = per_packet
     row["link_bytes_per_packet"] = {k: round(v / raw["window_packets"], 1)
                                     for k, v in raw["link_bytes"].items()}
+    row["link_busy_pct"] = raw["link_busy_pct"]
     row["packets"] = raw["window_packets"]
     if "rx" in raw:
         row["rx_offered"] = raw["rx"]["offered"]
@@ -194,19 +197,22 @@ def _fmt_pct(x):
 def format_table(results):
     """The rows as a plain-text table."""
     head = (f"{'link':7} {'dir':4} {'frame':>5} {'Gb/s':>7} {'Mpps':>7} {'link lim':>8} "
-            f"{'1GbE':>7} {'DMA TLP/pkt':>11} {'RX drops':>9}")
+            f"{'1GbE':>7} {'DMA TLP/pkt':>11} {'RX drops':>10} {'both: TX/RX % 1GbE':>19}")
     lines = [head, "-" * len(head)]
     for r in results:
         drops = f"{r['rx_device_drops']}/{r['rx_offered']}" if "rx_offered" in r else "-"
+        split = (f"{r['tx_line_rate_pct']:.1f}/{r['rx_line_rate_pct']:.1f}"
+                 if r["direction"] == "both" else "")
         lines.append(
             f"{r['link']:7} {r['direction']:4} {r['frame_bytes']:5d} {r['gbps']:7.3f} "
             f"{r['mpps']:7.4f} {_fmt_pct(r['link_limit_pct']):>8} {_fmt_pct(r['line_rate_pct']):>7} "
-            f"{r['dma_tlps_per_packet']:11.2f} {drops:>9}")
+            f"{r['dma_tlps_per_packet']:11.2f} {drops:>10} {split:>19}".rstrip())
     return "\n".join(lines)
 
 
 def format_latency(latency):
-    lines = [f"{'link':7} {'what':18} {'frame':>5} {'ns':>8}"]
+    """The latency measurements as a plain-text table."""
+    lines = [f"{'link':7} {'what':21} {'frame':>5} {'ns':>8}"]
     for item in latency:
-        lines.append(f"{item['link']:7} {item['what']:18} {item['frame_bytes']:5d} {item['ns']:8.0f}")
+        lines.append(f"{item['link']:7} {item['what']:21} {item['frame_bytes']:5d} {item['ns']:8.0f}")
     return "\n".join(lines)

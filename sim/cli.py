@@ -223,7 +223,8 @@ def cmd_bench(args):
     started = time.monotonic()
     runs = []
     for link in args.links:
-        config = {"link": link, "read_latency_ns": args.read_latency_ns,
+        config = {"link": link, "read_latency_ns": args.read_latency_ns, "rx_load": args.rx_load,
+                  "tx_ahead": args.tx_ahead,
                   "points": [{"direction": d, "frame_bytes": size, "packets": packets, "warmup": warmup}
                              for size in args.sizes for d in args.directions],
                   "latency": [] if args.no_latency else list(args.sizes)}
@@ -240,8 +241,12 @@ def cmd_bench(args):
         "sim_cycles_per_s": round(cycles / sim_wall, 1),
         "link_model": bench.LINK_MODEL,
         "host_read_latency_ns": args.read_latency_ns,
+        "rx_load": args.rx_load,
+        "tx_ahead": args.tx_ahead,
         "host_rcb_bytes": bench.HOST_RCB,
-        "devctl": {run["link"]: run["devctl"] for run in runs},
+        "mps_bytes": {run["link"]: 128 << (run["devctl"] >> 5 & 7) for run in runs},
+        "mrrs_bytes": {run["link"]: 128 << (run["devctl"] >> 12 & 7) for run in runs},
+        "tlp_tx_holds": {run["link"]: run["tlp_tx_holds"] for run in runs},
         "packets_per_point": packets,
         "warmup_packets": warmup,
         "wall_s": round(time.monotonic() - started, 1),
@@ -301,6 +306,12 @@ def main(argv=None):
     bench.add_argument("--warmup", type=int, help="frames not counted at the start of a point")
     bench.add_argument("--read-latency-ns", type=int, default=bench_model.DEFAULT_READ_LATENCY_NS,
                        help="host memory read latency (default: %(default)s)")
+    bench.add_argument("--rx-load", choices=["line", "port"], default="line",
+                       help="RX frames back to back at 1 GbE line rate, or as fast as the "
+                            "core's wire port takes them (32 bits a cycle) (default: %(default)s)")
+    bench.add_argument("--tx-ahead", type=int, default=64,
+                       help="TX frames the driver keeps posted ahead of the wire "
+                            "(at most the ring size less 19; default: %(default)s)")
     bench.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     bench.set_defaults(func=cmd_bench)
 

@@ -149,6 +149,8 @@ class RingEngine(wiring.Component):
                 with m.If(self.doorbell.payload == q):
                     m.d.comb += kick_set[q].eq(1)
         recheck = Signal(nq)                 # the engine asks itself to look again
+        notify_now = Signal(nq)
+        m.d.sync += self.used_notify.eq(notify_now)      # registered: a pulse a cycle later
         m.d.sync += kick.eq((kick & ~kick_clr) | kick_set | recheck)
 
         q = Signal(8)                        # the queue being served
@@ -176,6 +178,7 @@ class RingEngine(wiring.Component):
         table_len = Signal(_IDX_BITS + 1)    # its descriptors (at most the queue size... or 2**16)
         event_armed = Signal()               # avail_event written, avail idx re-read once
         used_event = Signal(_IDX_BITS)
+        need = Signal()                      # vring_need_event's answer
         chain_len = Signal(_IDX_BITS + 1)
         d_addr = Signal(64)
         d_len = Signal(32)
@@ -597,7 +600,7 @@ class RingEngine(wiring.Component):
                     m.next = "READ_USED_EVENT"
                 with m.Else():
                     with m.If(~no_interrupt[q]):
-                        m.d.comb += self.used_notify.eq(1 << q)
+                        m.d.comb += notify_now.eq(1 << q)
                     m.next = "IDLE"
             # Section 2.7.10: used_event, read after the used idx write (a
             # read does not pass a posted write).
@@ -616,14 +619,16 @@ class RingEngine(wiring.Component):
                         m.d.sync += fail(RingError.DMA)
                         m.next = "ERROR"
                     with m.Else():
-                        m.next = "EVENT_NOTIFY"
-            with m.State("EVENT_NOTIFY"):
+                        m.next = "EVENT_CHECK"
+            with m.State("EVENT_CHECK"):
                 new, old = cur_used, signalled[q]
-                need = ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+                m.d.sync += [need.eq(((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)),
+                             signalled[q].eq(new)]
+                m.next = "EVENT_NOTIFY"
+            with m.State("EVENT_NOTIFY"):
                 with m.If(~self.dma_wr.busy):
                     with m.If(need):
-                        m.d.comb += self.used_notify.eq(1 << q)
-                    m.d.sync += signalled[q].eq(new)
+                        m.d.comb += notify_now.eq(1 << q)
                     m.next = "IDLE"
 
             with m.State("DONE"):

@@ -25,26 +25,37 @@ Set-up around the usual TB (sim/tb.py), all from outside its classes:
   of its TLPs wait for the link (the data link layer's transmit buffer);
 - counting: CoreDevice's ``sent`` and ``received`` lists become `TimedLog`s
   (a list that notes when each TLP was added), and both ports' transmitters
-  note every TLP and DLLP they put on the link.
+  note every TLP and DLLP they put on the link;
+- wall time: CoreDevice's TLP monitor wakes every clock cycle; the bench
+  swaps in a copy that sleeps while ``tlp_tx.valid`` is low
+  (`_monitor_tx_sleeping`, same TLPs at the same times); the pcap recorder
+  is switched off.
 
 Method, per point (direction, frame size):
 
-- TX: the driver posts frames with ``more`` (xmit_more) until the queue
-  stops, which kicks; it reclaims on the TX interrupt (wait_and_poll_tx) and
-  posts again: the ring stays full. The wire sink is always ready. Counted:
+- TX: the driver keeps TX_AHEAD (64) frames posted ahead of the wire: it
+  posts with ``more`` (xmit_more, no kick) and kicks with the frame that
+  reaches TX_AHEAD (or when the queue stops); start_xmit reclaims what the
+  device used. 64 frames are eight of the engine's avail batches: the device
+  never waits for the driver, and the drain after a point stays short. The
+  wire sink is always ready (32 bits a cycle: 4 Gb/s, above 1 GbE). Counted:
   frames leaving on wire_tx.
-- RX: the wire source sends back to back (a new frame is queued as each one
-  ends, at the port's 32 bits a cycle, far above 1 GbE); the driver runs
-  NAPI (wait_and_poll, refill). Counted: frames delivered to the driver.
-  Frames the device could not take are its drops (device_stats, read after
-  the point).
+- RX: the wire source sends frames back to back at 1 GbE line rate (one
+  every ``frame_bytes + 20`` byte times, `_line_rate_source`), or, with
+  ``"rx_load": "port"``, as fast as the core's wire port takes them (a new
+  frame is queued as each one ends). The driver runs NAPI (wait_and_poll:
+  interrupt, poll with budget 64, refill). Counted: frames delivered to the
+  driver. Frames the device could not take are its drops (device_stats,
+  read after the point).
 - both: the two at once, as two tasks; each keeps going until both have
   their count.
 
-The first ``warmup`` frames of each flow are not counted; the rate is taken
-from the ``warmup``-th frame to the last (for "both": over the time both
-flows ran). TLPs and link bytes are counted over the same window and divided
-by the frames in it.
+Each flow's first ``warmup`` frames are not counted. The window runs from the
+later flow's ``warmup``-th frame until both flows have ``warmup + packets``
+frames; a flow that gets there first keeps going, so for "both" the window
+covers only time when both flows ran. Rates are frames in the window over
+its length. TLPs and link bytes are counted over the same
+window and divided by the frames in it.
 
 Latency, on an idle device, one frame: doorbell (the driver issues the
 notify write) to the first beat on wire_tx; last beat on wire_rx to the
@@ -62,6 +73,7 @@ from cocotbext.pcie.core.dllp import Dllp
 from cocotbext.pcie.core.tlp import Tlp, TlpType
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from driver.virtio_net import NETDEV_TX_BUSY, VirtioNet
 from sim import bench as model
@@ -73,7 +85,6 @@ from sim.tlp_codec import beats_to_tlp
 
 QUEUE_SIZE = 256
 RX_VECTOR = 1                  # config is vector 0, queue i is vector i + 1
-TX_VECTOR = 2
 LINK_TX_QUEUE_TLPS = 4         # core TLPs that may wait for the link before tlp_tx.ready drops
 STALL_NS = 500_000             # no progress for this long: the point failed
 TX_AHEAD = 64                  # frames the TX driver keeps posted ahead of the wire
@@ -172,11 +183,11 @@ def add_read_latency(rc, latency_ns):
         rc.register_rx_tlp_handler(fmt_type, delayed)
 
 
-async def _monitor_tx_sleeping(dev):
+async def _monitor_tx_sleeping(dev, on_forward):
     """CoreDevice._monitor_tx (sim/device.py), the same but asleep while the
     core offers nothing: it waits for ``tlp_tx.valid`` to rise instead of
-    waking every cycle. The bench swaps it in: the per-cycle wake-ups were
-    most of the wall time."""
+    waking every cycle. The bench swaps it in: it saves about a sixth of the
+    wall time."""
     dut = dev.dut
     edge, settled = RisingEdge(dev.clk), ReadOnly()
     valid_rises = RisingEdge(dut.tlp_tx__valid)
@@ -197,6 +208,7 @@ async def _monitor_tx_sleeping(dev):
                     dev.sent.append(packed)
                     tlp = Tlp.unpack(packed)
                     if tlp.tag < INJECT_TAG_BASE:
+                        on_forward()
                         cocotb.start_soon(dev.upstream_send(tlp))
         else:
             await valid_rises                # valid rises just after a clock edge
@@ -204,11 +216,10 @@ async def _monitor_tx_sleeping(dev):
         await edge
 
 
-def use_sleeping_monitor(dev):
-    monitor = dev._tasks[1]
-    assert monitor.get_coro().__name__ == "_monitor_tx" if hasattr(monitor, "get_coro") else True
-    monitor.cancel()
-    dev._tasks[1] = cocotb.start_soon(_monitor_tx_sleeping(dev))
+def use_sleeping_monitor(dev, on_forward):
+    """Replace CoreDevice's TLP monitor task (its second) by `_monitor_tx_sleeping`."""
+    dev._tasks[1].cancel()
+    dev._tasks[1] = cocotb.start_soon(_monitor_tx_sleeping(dev, on_forward))
 
 
 class LinkAccounting:
@@ -221,17 +232,19 @@ class LinkAccounting:
         self.limit = queue_limit
         self.waiting = 0
         self.changed = Event()
-        tb.dev.sent = TimedLog(on_append=self._core_sent)
+        tb.dev.sent = TimedLog()
         tb.dev.received = TimedLog()
         self.sent, self.received = tb.dev.sent, tb.dev.received
         self.up = TimedLog()      # (is_tlp, wire bytes) put on the link by the device's port
         self.down = TimedLog()    # the same for the root port
         self._instrument(dev_port, self.up, counts_core=True)
         self._instrument(rp_port, self.down, counts_core=False)
-        self.held_cycles = 0
+        self.holds = 0            # times tlp_tx.ready was taken away
         cocotb.start_soon(self._hold())
+        use_sleeping_monitor(tb.dev, self._core_sent)
 
-    def _core_sent(self, packed):
+    def _core_sent(self):
+        """The core handed over a TLP for the link."""
         self.waiting += 1
         if self.waiting >= self.limit:
             self.changed.set()
@@ -261,6 +274,7 @@ class LinkAccounting:
             if want != ready:
                 dut.tlp_tx__ready.value = int(want)
                 ready = want
+                self.holds += not want
 
     def window(self, t0, t1):
         """TLP counts by kind and link bytes by direction in (t0, t1]."""
@@ -298,10 +312,10 @@ def frame_maker(frame_bytes, dst):
     """A UDP frame of ``frame_bytes`` (FCS counted, not sent), its last 4 bytes
     a sequence number: returns make(seq) -> bytes, and seq_of(frame)."""
     size = model.dma_frame_bytes(frame_bytes)
-    head = bytes(Ether(src="02:00:00:00:00:02", dst=dst) / IP(src="10.0.0.2", dst="10.0.0.1")
-                 / UDP(sport=9, dport=9))
-    body = head + bytes(range(256)) * 6
-    template = body[:size - SEQ_BYTES]
+    headers = Ether(src="02:00:00:00:00:02", dst=dst) / IP(src="10.0.0.2", dst="10.0.0.1") \
+        / UDP(sport=9, dport=9, chksum=0)             # no UDP checksum: the sequence number varies
+    filler = (bytes(range(256)) * 6)[:size - len(headers)]
+    template = bytes(headers / Raw(filler))[:-SEQ_BYTES]
     assert len(template) + SEQ_BYTES == size
 
     def make(seq):
@@ -318,8 +332,10 @@ def frame_maker(frame_bytes, dst):
 # --- the bench --------------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, tb, net, acct, link, progress):
+    def __init__(self, tb, net, acct, link, progress, rx_load, tx_ahead=TX_AHEAD):
         self.tb, self.net, self.acct, self.link = tb, net, acct, link
+        self.rx_load = rx_load
+        self.tx_ahead = tx_ahead
         self.dut = tb.dut
         self.progress = progress
         self.tx_times = []          # wire_tx frames (time of the last beat)
@@ -383,14 +399,17 @@ class Bench:
             tasks.append(cocotb.start_soon(
                 self._tx_pump(make, posted, lambda: len(tx_times), wire_moved, stop)))
         if rx_on:
-            def on_source_frame(frame):
-                if not stop.is_set():
+            if self.rx_load == "port":
+                def on_source_frame(frame):         # the next frame as each one ends
+                    if not stop.is_set():
+                        tb.wire_source.send_nowait(make(offered[0]))
+                        offered[0] += 1
+                self.on_source_frame = on_source_frame
+                for _ in range(2):
                     tb.wire_source.send_nowait(make(offered[0]))
                     offered[0] += 1
-            self.on_source_frame = on_source_frame
-            for _ in range(2):
-                tb.wire_source.send_nowait(make(offered[0]))
-                offered[0] += 1
+            else:
+                tasks.append(cocotb.start_soon(self._line_rate_source(make, frame_bytes, offered, stop)))
             tasks.append(cocotb.start_soon(self._rx_napi(stop)))
 
         # watchdog: progress or fail
@@ -404,10 +423,12 @@ class Bench:
                 raise TimeoutError(f"{direction} {frame_bytes}: no frame for {STALL_NS} ns "
                                    f"(tx {len(tx_times)}, rx {len(rx_times)}, posted {posted[0]})")
 
-        # the window: from the last flow's warmup-th frame to the first flow's last
+        # the window: from the later flow's warmup-th frame until the later
+        # flow has its count (the other keeps going until then)
         flows = [times for times, on in ((tx_times, tx_on), (rx_times, rx_on)) if on]
         t_start = max(times[warmup] for times in flows)
-        t_end = min(times[target - 1] for times in flows)
+        t_end = max(times[target - 1] for times in flows)
+        assert t_end > t_start, (t_start, t_end)
         raw = {"link": self.link.name, "direction": direction, "frame_bytes": frame_bytes,
                "queue_pairs": net.curr_queue_pairs}
         window_packets = 0
@@ -464,17 +485,28 @@ class Bench:
                 await net.wait_and_poll_tx(0, timeout_ns=STALL_NS // 10)
                 continue
             ahead = posted[0] - on_wire()
-            if ahead >= TX_AHEAD:
+            if ahead >= self.tx_ahead:
                 wire_moved.clear()
                 await wire_moved.wait()
                 continue
-            status = await net.start_xmit(make(posted[0]), 0, more=ahead + 1 < TX_AHEAD)
+            status = await net.start_xmit(make(posted[0]), 0, more=ahead + 1 < self.tx_ahead)
             if status == NETDEV_TX_BUSY:       # the RX poll holds the queue for a moment
                 await RisingEdge(clk)
                 continue
             posted[0] += 1
         if await sq.vq.kick_prepare():
             await sq.vq.notify()
+
+    async def _line_rate_source(self, make, frame_bytes, offered, stop):
+        """Frames into wire_rx back to back at 1 GbE: one every (frame_bytes + 20)
+        byte times of 8 ns (preamble, SFD and the minimum inter-frame gap)."""
+        slot_ns = (frame_bytes + model.ETH_WIRE_OVERHEAD) * 8
+        source = self.tb.wire_source
+        start = _now()
+        while not stop.is_set():
+            source.send_nowait(make(offered[0]))
+            offered[0] += 1
+            await Timer(start + offered[0] * slot_ns - _now(), "ns")
 
     async def _rx_napi(self, stop):
         net = self.net
@@ -602,13 +634,13 @@ async def bench(dut):
     add_read_latency(tb.rc, read_latency_ns)
     tb.rc.split_on_all_rcb = True
     acct = LinkAccounting(tb, dev_port, rp_port)
-    use_sleeping_monitor(tb.dev)
     await tb.init()
     net = VirtioNet(tb.transport, queue_size=QUEUE_SIZE, ring_start_index=tb.params.ring_start_index)
     await net.probe()
     await net.open()
     devctl = await _read_devctl(tb.transport)
-    bench_ = Bench(tb, net, acct, link, progress)
+    rx_load = cfg.get("rx_load", "line")
+    bench_ = Bench(tb, net, acct, link, progress, rx_load, cfg.get("tx_ahead", TX_AHEAD))
 
     results = []
     for point in cfg["points"]:
@@ -640,7 +672,10 @@ async def bench(dut):
     out = {
         "link": link.name,
         "read_latency_ns": read_latency_ns,
+        "rx_load": rx_load,
+        "tx_ahead": bench_.tx_ahead,
         "link_tx_queue_tlps": LINK_TX_QUEUE_TLPS,
+        "tlp_tx_holds": acct.holds,
         "devctl": devctl,
         "points": results,
         "latency": latency,
