@@ -43,7 +43,7 @@ from .pcie.config_space import ConfigHeader, ConfigSpace
 from .pcie.dword import DwordPacker, DwordUnpacker
 from .pcie.pcie_cap import PciExpressCapability
 from .pcie.rx_demux import RxDemux
-from .pcie.tlp import TlpStreamSignature
+from .pcie.tlp import DwordBeat, TlpStreamSignature
 from .pcie.tx_arbiter import TxArbiter
 from .virtio.bar_layout import BarLayout
 from .virtio.transport import VirtioPciTransport
@@ -169,8 +169,14 @@ class VirtioNetCore(wiring.Component):
         m.submodules.packer = packer = DwordPacker()
 
         connect(m, wiring.flipped(self.tlp_rx), unpacker.i)
-        connect(m, unpacker.o, demux.i)
-        connect(m, demux.req, completer.req)
+        # register stages: the link side, the demux and the completer's
+        # header decode would otherwise be one combinational path
+        m.submodules.rx_reg = rx_reg = PipelineRegister(DwordBeat)
+        m.submodules.req_reg = req_reg = PipelineRegister(DwordBeat)
+        connect(m, unpacker.o, rx_reg.i)
+        connect(m, rx_reg.o, demux.i)
+        connect(m, demux.req, req_reg.i)
+        connect(m, req_reg.o, completer.req)
         connect(m, completer.cpl, arbiter.i[0])
         connect(m, transport.msix_msg, arbiter.i[1])
         connect(m, arbiter.o, packer.i)

@@ -43,7 +43,8 @@ DATAPATH_CASES = ["tx_frames_reach_the_wire", "rx_frames_reach_the_driver",
                   "event_idx_reduces_notifications"]
 BAD_DESCRIPTOR_CASES = ["bad_descriptor_index_out_of_range", "bad_descriptor_loop",
                         "bad_descriptor_zero_length", "bad_descriptor_read_only_rx_buffer",
-                        "bad_descriptor_chain_longer_than_queue"]
+                        "bad_descriptor_chain_longer_than_queue",
+                        "bad_descriptor_buffer_outside_host_memory"]
 
 
 def run_datapath(params, testcases):

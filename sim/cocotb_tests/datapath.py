@@ -22,6 +22,7 @@ TX_VECTOR = 2
 QUEUE_SIZE = 64
 WIRE_1GBE_IDLE_CYCLES = 600          # the source runs at 4 bytes a cycle, 1 GbE is about 1
 F_NEXT = spec.VirtqDescF.NEXT
+OUTSIDE_HOST_MEMORY = 1 << 40        # added to a buffer address: nothing there
 MSIX_TABLE = BarLayout().msix_table
 MSIX_PBA = BarLayout().msix_pba
 MSIX_VECTOR_CTRL = 12                # Vector Control in a table entry (PCI 3.0 section 6.8.2.9)
@@ -170,6 +171,8 @@ BAD_CHAINS = {
     "zero_length": ("tx", {0: (0, 0, 0, 0)}, 0),
     "read_only_rx_buffer": ("rx", {0: (0, 2048, 0, 0)}, 0),
     "chain_longer_than_queue": ("tx", {i: (0, 64, F_NEXT, (i + 1) % QUEUE_SIZE) for i in range(QUEUE_SIZE)}, 0),
+    # the root complex answers a read outside host memory with UR: a DMA error
+    "buffer_outside_host_memory": ("tx", {0: (OUTSIDE_HOST_MEMORY, 64, 0, 0)}, 0),
 }
 
 
