@@ -147,6 +147,10 @@ class Progress:
             self.file.write(message + "\n")
             self.file.flush()
 
+    def close(self):
+        if self.file:
+            self.file.close()
+
 
 # --- the link, the host and the accounting ---------------------------------------------
 
@@ -685,3 +689,4 @@ async def bench(dut):
     }
     with open(os.environ["VNF_OUT"], "w") as f:
         f.write(json.dumps(out))
+    progress.close()
