@@ -27,8 +27,8 @@ from amaranth.lib.wiring import In, Out, connect
 
 from . import spec
 from .lib.byte_packer import BytePacker
-from .lib.pipeline import PipelineRegister
-from .pcie.dma import DmaRequest
+from .lib.pipeline import PipelineRegister, SkidBuffer
+from .pcie.dma import DmaData, DmaRequest
 from .net.frame import FrameStreamSignature
 from .net.packet_fifo import DropReason, PacketFifo
 from .net.wire_tx import FrameSender
@@ -53,6 +53,8 @@ __all__ = ["CoreParams", "VirtioNetCore", "implemented_features"]
 DEFAULT_MAC = bytes.fromhex("02005e100001")      # locally administered
 MAX_QUEUE_PAIRS = 127                             # 255 MSI-X vectors: 4080 bytes of table
 MAX_MTU = 9216                                    # jumbo frames; the frame buffers grow with it
+TX_BUFFER_FRAMES = 2       # longest frames the TX frame buffer holds (one on the wire, one filling)
+RX_BUFFER_FRAMES = 4       # the RX side holds more: the wire does not wait while the engine serves TX
 
 
 def implemented_features():
@@ -78,7 +80,7 @@ class CoreParams:
             raise ValueError(f"queue_pairs {self.queue_pairs} out of range 1..{MAX_QUEUE_PAIRS}")
         if not spec.ETH_MIN_MTU <= self.mtu <= MAX_MTU:
             raise ValueError(f"mtu {self.mtu} out of range {spec.ETH_MIN_MTU}..{MAX_MTU} "
-                             f"(the frame buffers hold two frames of MTU + 18 bytes each)")
+                             f"(the frame buffers hold whole frames of MTU + 18 bytes)")
         if not 0 <= self.ring_start_index <= 0xFFFF:
             raise ValueError(f"ring_start_index {self.ring_start_index:#x} is not a 16-bit index")
         if self.queue_size_max & (self.queue_size_max - 1) or not 1 <= self.queue_size_max <= 32768:
@@ -97,10 +99,9 @@ class CoreParams:
         """Longest frame on the wire: MTU + Ethernet header + one VLAN tag."""
         return self.mtu + spec.ETH_HLEN + spec.VLAN_HLEN
 
-    @property
-    def frame_buffer_dwords(self):
-        """Each direction's frame buffer holds two longest frames."""
-        dwords = -(-2 * self.max_frame // 4)
+    def frame_buffer_dwords(self, frames):
+        """DWs of a frame buffer holding `frames` longest frames (a power of two)."""
+        dwords = -(-frames * self.max_frame // 4)
         return 1 << (dwords - 1).bit_length()
 
     @property
@@ -151,9 +152,11 @@ class VirtioNetCore(wiring.Component):
         self.device_cfg = NetDeviceConfig(params.mac, params.queue_pairs, params.mtu)
         self.engine = RingEngine(num_queues=params.num_queues, max_tx_frame=params.max_frame,
                                  initial_idx=params.ring_start_index)
-        self.tx_fifo = PacketFifo(depth=params.frame_buffer_dwords, min_length=spec.ETH_HLEN,
+        self.tx_fifo = PacketFifo(depth=params.frame_buffer_dwords(TX_BUFFER_FRAMES),
+                                  min_length=spec.ETH_HLEN,
                                   max_length=params.max_frame, backpressure=True)
-        self.rx_fifo = PacketFifo(depth=params.frame_buffer_dwords, min_length=spec.ETH_HLEN,
+        self.rx_fifo = PacketFifo(depth=params.frame_buffer_dwords(RX_BUFFER_FRAMES),
+                                  min_length=spec.ETH_HLEN,
                                   max_length=params.max_frame, backpressure=False)
         super().__init__()
 
@@ -224,10 +227,15 @@ class VirtioNetCore(wiring.Component):
         m.submodules.wr_req_reg = wr_req_reg = ResetInserter(dev_reset)(PipelineRegister(DmaRequest))
         connect(m, engine.dma_rd.req, rd_req_reg.i)
         connect(m, rd_req_reg.o, dma_read.client.req)
-        connect(m, dma_read.client.data, engine.dma_rd.data)
         connect(m, engine.dma_wr.req, wr_req_reg.i)
         connect(m, wr_req_reg.o, dma_write.client.req)
-        connect(m, engine.dma_wr.data, dma_write.client.data)
+        # data both ways through skid buffers: ready paths stop here too
+        m.submodules.rd_data_skid = rd_skid = ResetInserter(dev_reset)(SkidBuffer(DmaData))
+        m.submodules.wr_data_skid = wr_skid = ResetInserter(dev_reset)(SkidBuffer(DmaData))
+        connect(m, dma_read.client.data, rd_skid.i)
+        connect(m, rd_skid.o, engine.dma_rd.data)
+        connect(m, engine.dma_wr.data, wr_skid.i)
+        connect(m, wr_skid.o, dma_write.client.data)
         m.d.comb += engine.dma_wr.busy.eq(dma_write.client.busy | wr_req_reg.o.valid)
         connect(m, transport.doorbell, engine.doorbell)
         for i, queue in enumerate(transport.queues):

@@ -591,8 +591,10 @@ class RingEngine(wiring.Component):
                                      taken.eq(taken + 1)]
                         m.next = "AFTER_CHAIN"
             with m.State("AFTER_CHAIN"):
-                # keep going within the batch; RX only while frames wait
-                with m.If((taken != cached) & (~is_rx | self.rx_valid)):
+                # keep going within the batch: RX while frames wait, TX while
+                # none does (a waiting RX frame ends a TX batch: the RX frame
+                # buffer is small and the wire does not wait)
+                with m.If((taken != cached) & (is_rx == self.rx_valid)):
                     m.next = "NEXT_HEAD"
                 with m.Else():
                     m.next = "WRITE_USED_IDX"
