@@ -42,6 +42,7 @@ from .pcie.completer import Completer
 from .pcie.config_space import ConfigHeader, ConfigSpace
 from .pcie.dword import DwordPacker, DwordUnpacker
 from .pcie.pcie_cap import PciExpressCapability
+from .pcie.register_bus import RegisterBusRegister
 from .pcie.rx_demux import RxDemux
 from .pcie.tlp import DwordBeat, TlpStreamSignature
 from .pcie.tx_arbiter import TxArbiter
@@ -185,7 +186,11 @@ class VirtioNetCore(wiring.Component):
         connect(m, arbiter.o, packer.i)
         connect(m, packer.o, wiring.flipped(self.tlp_tx))
         connect(m, completer.cfg, config_space.bus)
-        connect(m, completer.bar, transport.bar)
+        # BAR0 accesses through a register stage: the completer's decode and
+        # the BAR's register blocks would otherwise be one path
+        m.submodules.bar_reg = bar_reg = RegisterBusRegister(self.transport.layout.addr_width)
+        connect(m, completer.bar, bar_reg.i)
+        connect(m, bar_reg.o, transport.bar)
         connect(m, transport.device_cfg, device_cfg.bus)
 
         # Max_Payload_Size as programmed, but never above what DevCap offers.

@@ -43,7 +43,9 @@ class Completer(wiring.Component):
         req:     In(DwordStreamSignature), request TLPs.
         cpl:     Out(DwordStreamSignature), completion TLPs.
         cfg:     Out(RegisterBusSignature(6)), to the config space.
-        bar:     Out(RegisterBusSignature(bar_addr_width)), to BAR0's registers.
+        bar:     Out(RegisterBusSignature(bar_addr_width)), to BAR0's registers;
+                 read data is taken two cycles after r_stb (a RegisterBusRegister
+                 sits between; a subordinate that holds r_data works either way).
         memory_enable: In(1), Command.MEMORY_SPACE.
         bar0:    In(64), BAR0's base address.
         mps:     In(3), Device Control's Max_Payload_Size field.
@@ -257,7 +259,7 @@ class Completer(wiring.Component):
                 with m.If(via_window):
                     with m.If(window_ok):
                         m.d.comb += [self.bar.r_stb.eq(1), self.bar.be.eq(window_be)]
-                    m.next = "CFG_READ_WINDOW_DATA"
+                    m.next = "CFG_READ_WINDOW_WAIT"
                 with m.Else():
                     m.d.comb += [self.cfg.r_stb.eq(~extended), self.cfg.be.eq(first_be)]
                     m.next = "CFG_READ_DATA"
@@ -266,6 +268,9 @@ class Completer(wiring.Component):
                 # extended config space (0x100 up) has no capabilities: reads 0
                 m.d.sync += data_dw.eq(Mux(extended, 0, self.cfg.r_data))
                 m.next = "DRAIN"
+
+            with m.State("CFG_READ_WINDOW_WAIT"):
+                m.next = "CFG_READ_WINDOW_DATA"        # BAR reads take two cycles
 
             with m.State("CFG_READ_WINDOW_DATA"):
                 m.d.sync += data_dw.eq(Mux(window_ok, self.bar.r_data >> (window_shift * 8), 0))
@@ -301,7 +306,10 @@ class Completer(wiring.Component):
             with m.State("MEM_READ"):
                 # byte enables reach the registers: a read-to-clear byte clears only if read
                 m.d.comb += [self.bar.r_stb.eq(1), self.bar.be.eq(dw_be)]
-                m.next = "MEM_READ_DATA"
+                m.next = "MEM_READ_WAIT"
+
+            with m.State("MEM_READ_WAIT"):
+                m.next = "MEM_READ_DATA"               # BAR reads take two cycles
 
             with m.State("MEM_READ_DATA"):
                 m.d.sync += [data_dw.eq(self.bar.r_data), read_addr.eq(read_addr + 1)]

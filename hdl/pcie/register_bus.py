@@ -100,3 +100,33 @@ class RegisterDecoder(wiring.Component):
             with m.Default():
                 m.d.comb += bus.r_data.eq(0)
         return m
+
+
+class RegisterBusRegister(wiring.Component):
+    """A register stage on a register bus: the initiator's strobes, address
+    and data reach the subordinate a cycle later, so read data comes back two
+    cycles after ``r_stb`` instead of one (`READ_LATENCY`).
+
+    Ports:
+        i: In(RegisterBusSignature(addr_width)), from the initiator.
+        o: Out(RegisterBusSignature(addr_width)), to the subordinate.
+    """
+    READ_LATENCY = 2
+
+    def __init__(self, addr_width):
+        super().__init__({
+            "i": In(RegisterBusSignature(addr_width)),
+            "o": Out(RegisterBusSignature(addr_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += [
+            self.o.addr.eq(self.i.addr),
+            self.o.be.eq(self.i.be),
+            self.o.r_stb.eq(self.i.r_stb),
+            self.o.w_stb.eq(self.i.w_stb),
+            self.o.w_data.eq(self.i.w_data),
+        ]
+        m.d.comb += self.i.r_data.eq(self.o.r_data)
+        return m

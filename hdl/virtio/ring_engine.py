@@ -202,6 +202,7 @@ class RingEngine(wiring.Component):
         frame_bytes = Signal(17)
         tx_drop = Signal()
         tx_read_len = Signal(16)
+        tx_data_len = Signal(33)             # this buffer's frame bytes, before the length check
         m.d.comb += self.tx_abort.eq(tx_drop)
 
         # RX scatter
@@ -209,6 +210,8 @@ class RingEngine(wiring.Component):
         rx_pos = Signal(16)                  # frame bytes written so far
         seg_addr = Signal(64)
         seg_len = Signal(16)
+        rx_room = Signal(33)                 # bytes this buffer can take
+        rx_left = Signal(16)                 # frame bytes still to write
 
         err = Signal(RingError)
         m.d.comb += self.error.eq(err)
@@ -238,6 +241,12 @@ class RingEngine(wiring.Component):
             for index in tx_queues:
                 with m.Case(index):
                     m.d.comb += tx_here.eq(tx_pending(index))
+        # The scheduler decides on last cycle's view (registered: timing); a
+        # stale "pending" costs at most one visit that finds nothing.
+        tx_here_r = Signal()
+        rx_ready_r = Signal()
+        scan_r = Signal.like(scan)
+        m.d.sync += [tx_here_r.eq(tx_here), rx_ready_r.eq(rx_ready), scan_r.eq(scan)]
 
         new_avail = Signal(_IDX_BITS)
         ring_slot = Signal(_IDX_BITS)
@@ -248,18 +257,17 @@ class RingEngine(wiring.Component):
 
         with m.FSM(name="ring"):
             with m.State("IDLE"):
-                with m.If(rx_ready & (prefer_rx | ~tx_here)):
-                    m.d.sync += [q.eq(rx_q), is_rx.eq(1), prefer_rx.eq(0),
-                                 cfg.eq(self.queues[rx_q])]
+                with m.If(rx_ready_r & (prefer_rx | ~tx_here_r)):
+                    m.d.sync += [q.eq(rx_q), is_rx.eq(1), prefer_rx.eq(0)]
                     m.next = "VISIT"
-                with m.Elif(tx_here):
-                    m.d.sync += [q.eq(scan), is_rx.eq(0), prefer_rx.eq(1), cfg.eq(cfgs[scan])]
+                with m.Elif(tx_here_r):
+                    m.d.sync += [q.eq(scan_r), is_rx.eq(0), prefer_rx.eq(1)]
                     m.next = "VISIT"
                 # the scan moves on every cycle: TX queues take turns
                 m.d.sync += scan.eq(Mux(scan >= tx_queues[-1], tx_queues[0], scan + 2))
 
             with m.State("VISIT"):
-                m.d.sync += [cur_last.eq(last_avail[q]), cur_used.eq(used_idx[q]),
+                m.d.sync += [cfg.eq(cfgs[q]),cur_last.eq(last_avail[q]), cur_used.eq(used_idx[q]),
                              cur_seen.eq(avail_seen[q]), cur_signalled.eq(signalled[q]),
                              cur_no_interrupt.eq(no_interrupt[q])]
                 m.next = "VISIT_PLAN"
@@ -434,14 +442,17 @@ class RingEngine(wiring.Component):
                 data_len = Signal(33)
                 m.d.comb += data_len.eq(d_len - skip)
                 m.d.sync += [hdr_left.eq(hdr_left - skip), seg_addr.eq(d_addr + skip),
-                             tx_read_len.eq(data_len)]
-                with m.If((data_len == 0) | tx_drop):
+                             tx_data_len.eq(data_len)]
+                m.next = "TX_CHECK"
+            with m.State("TX_CHECK"):
+                m.d.sync += tx_read_len.eq(tx_data_len)
+                with m.If((tx_data_len == 0) | tx_drop):
                     m.next = "CHAIN_NEXT"
-                with m.Elif(frame_bytes + data_len > self.max_tx_frame):
+                with m.Elif(frame_bytes + tx_data_len > self.max_tx_frame):
                     m.d.sync += tx_drop.eq(1)            # too long: dropped, still returned
                     m.next = "CHAIN_NEXT"
                 with m.Else():
-                    m.d.sync += frame_bytes.eq(frame_bytes + data_len)
+                    m.d.sync += frame_bytes.eq(frame_bytes + tx_data_len)
                     m.next = "TX_READ"
             with m.State("TX_READ"):
                 m.d.comb += [rd_req.valid.eq(1), rd_req.payload.addr.eq(seg_addr),
@@ -489,18 +500,19 @@ class RingEngine(wiring.Component):
             # Step 4, receive (section 5.1.6.3): header, then the frame, across
             # the chain's buffers; the first must hold the whole header.
             with m.State("RX_PLAN"):
-                room = Signal(33)
-                base = Signal(64)
-                with m.If(chain_len == 1):
-                    m.d.comb += [room.eq(d_len - spec.VIRTIO_NET_HDR_SIZE),
-                                 base.eq(d_addr + spec.VIRTIO_NET_HDR_SIZE)]
-                with m.Else():
-                    m.d.comb += [room.eq(d_len), base.eq(d_addr)]
-                left = rx_len - rx_pos
-                m.d.sync += [seg_addr.eq(base), seg_len.eq(Mux(room < left, room, left))]
-                with m.If((chain_len == 1) & (d_len < spec.VIRTIO_NET_HDR_SIZE)):
+                first = chain_len == 1
+                m.d.sync += [
+                    rx_room.eq(Mux(first, d_len - spec.VIRTIO_NET_HDR_SIZE, d_len)),
+                    seg_addr.eq(Mux(first, d_addr + spec.VIRTIO_NET_HDR_SIZE, d_addr)),
+                    rx_left.eq(rx_len - rx_pos),
+                ]
+                with m.If(first & (d_len < spec.VIRTIO_NET_HDR_SIZE)):
                     m.next = "RX_TOO_BIG"              # not even the header fits
-                with m.Elif(chain_len == 1):
+                with m.Else():
+                    m.next = "RX_FIT"
+            with m.State("RX_FIT"):
+                m.d.sync += seg_len.eq(Mux(rx_room < rx_left, rx_room, rx_left))
+                with m.If(chain_len == 1):
                     m.next = "RX_WRITE_HDR"
                 with m.Else():
                     m.next = "RX_WRITE_SEG"
