@@ -97,8 +97,14 @@ class CommonConfig(wiring.Component):
         queue_init = {"size": self.queue_size_max, "msix_vector": spec.VIRTIO_MSI_NO_VECTOR}
         queues = Array(Signal(QueueConfig, init=queue_init, name=f"queue{q}")
                        for q in range(self.num_queues))
-        queue_valid = queue_select < self.num_queues
         queue = queues[queue_select]
+        # The selected queue's validity and enable, registered: the write
+        # path then starts from flip-flops (one cycle behind queue_select,
+        # far less than any two register accesses apart).
+        queue_valid = Signal()
+        selected_enabled = Signal()
+        m.d.sync += [queue_valid.eq(queue_select < self.num_queues),
+                     selected_enabled.eq(queue.enable)]
 
         m.d.comb += [
             self.status.eq(status),
@@ -173,7 +179,7 @@ class CommonConfig(wiring.Component):
                     with m.If(bus.be[2:4] == 0b11):
                         m.d.sync += queue_select.eq(wdata[16:32])
                 with m.Case(_dw(C.QUEUE_SIZE)):
-                    with m.If(queue_valid & ~queue.enable):
+                    with m.If(queue_valid & ~selected_enabled):
                         size = wdata[:16]
                         power_of_two = (size != 0) & ((size & (size - 1)) == 0)
                         with m.If((bus.be[0:2] == 0b11) & power_of_two & (size <= self.queue_size_max)):
@@ -188,7 +194,7 @@ class CommonConfig(wiring.Component):
                                       ("device", C.QUEUE_DEVICE)):
                     for half in range(2):
                         with m.Case(_dw(offset) + half):
-                            with m.If(queue_valid & ~queue.enable):
+                            with m.If(queue_valid & ~selected_enabled):
                                 value = getattr(queue, field)[32 * half:32 * (half + 1)]
                                 m.d.sync += value.eq(masked_write(value, wdata, bus.be))
 
