@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/virtio-net-fpga demo
 
 test: setup
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -n auto
 
 bitstream: setup
 	$(VENV)/bin/virtio-net-fpga build

@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 
 from boards.build import (FF_MIN_RATIO, LUT_MIN_RATIO, CoverageError, build, check_coverage,
                           synth_core)
-from boards.top import LED_COUNT, CoreHarness, VersaTop, make_core
+from boards.top import LED_COUNT, SYNC_CLK_HZ, CoreHarness, VersaTop, make_core
 from boards.versa import (PCIE_REFCLK_RESOURCE, PCIE_RESOURCE, VersaPlatform,
                           request_pcie_pads)
 
@@ -178,9 +178,23 @@ def test_full_board_build(tmp_path):
     result = build(None, tmp_path, progress=lambda _msg: None)
     assert result["timing_met"], result["fmax_mhz"]
     assert set(result["fmax_mhz"]) == {"sync"}
-    assert result["required_mhz"] == {"sync": 100.0}
+    assert result["required_mhz"] == {"sync": SYNC_CLK_HZ / 1e6}
     assert (tmp_path / "top.bit").stat().st_size > 0
     used, total = result["utilisation"]["TRELLIS_COMB"]
     assert 0 < used < total
     assert result["coverage"]["TRELLIS_FF"]["ratio"] >= FF_MIN_RATIO
     assert result["coverage"]["LUT-equivalents"]["ratio"] >= LUT_MIN_RATIO
+
+
+@pytest.mark.parametrize("out_mhz", [75, 80, 100, 125])
+def test_pll_dividers_make_the_frequency_within_the_vco_range(out_mhz):
+    from boards.pll import VCO_MAX_HZ, VCO_MIN_HZ, pll_dividers
+    clki, clkfb, clkop = pll_dividers(100e6, out_mhz * 1e6)
+    assert 100e6 / clki * clkfb == out_mhz * 1e6
+    assert VCO_MIN_HZ <= out_mhz * 1e6 * clkop <= VCO_MAX_HZ
+
+
+def test_pll_refuses_what_it_cannot_make():
+    from boards.pll import pll_dividers
+    with pytest.raises(ValueError):
+        pll_dividers(100e6, 1e6)
