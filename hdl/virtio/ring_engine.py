@@ -177,7 +177,6 @@ class RingEngine(wiring.Component):
         taken = Signal(range(BATCH + 1))     # heads consumed from it
         cache_q = Signal(8)
         cache_valid = Signal()               # the cache belongs to cache_q
-        cache_left = cache_valid & (taken != cached)
 
         # --- chain state ----------------------------------------------------
         desc_idx = Signal(_IDX_BITS)
@@ -249,8 +248,6 @@ class RingEngine(wiring.Component):
         m.d.sync += [tx_here_r.eq(tx_here), rx_ready_r.eq(rx_ready), scan_r.eq(scan)]
 
         new_avail = Signal(_IDX_BITS)
-        ring_slot = Signal(_IDX_BITS)
-        m.d.comb += ring_slot.eq((cur_last + taken) & size_mask)
         to_wrap = Signal(_IDX_BITS + 1)
         m.d.comb += to_wrap.eq(cfg.size - ((cur_last) & size_mask))
         fetch = Signal(range(BATCH + 1))
