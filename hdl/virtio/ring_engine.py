@@ -48,6 +48,7 @@ __all__ = ["RingEngine", "RingError", "BATCH"]
 BATCH = 8                  # avail entries fetched per read
 _IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
 _HDR_DWORDS = spec.VIRTIO_NET_HDR_SIZE // 4
+_IDX_BYTES = 2             # a le16 ring index (used idx)
 
 
 class RingError(enum.IntEnum):
@@ -223,6 +224,10 @@ class RingEngine(wiring.Component):
         def fail(reason):
             return [err.eq(reason)]
 
+        def request(port, addr, length):
+            """Offer a DMA request of `length` bytes at `addr` (held until taken)."""
+            return [port.valid.eq(1), port.payload.addr.eq(addr), port.payload.length.eq(length)]
+
         # --- scheduler state ------------------------------------------------
         scan = Signal(8, init=tx_queues[0] if tx_queues else 0)
         prefer_rx = Signal()
@@ -280,9 +285,7 @@ class RingEngine(wiring.Component):
 
             # Step 1: flags and idx of the avail ring (section 2.7.6).
             with m.State("READ_AVAIL_IDX"):
-                m.d.comb += [rd_req.valid.eq(1),
-                             rd_req.payload.addr.eq(cfg.driver),
-                             rd_req.payload.length.eq(spec.VIRTQ_RING_HEADER_SIZE)]
+                m.d.comb += request(rd_req, cfg.driver, spec.VIRTQ_RING_HEADER_SIZE)
                 with m.If(rd_req.ready):
                     m.d.comb += kick_clr.eq(1 << q)
                     m.next = "GET_AVAIL_IDX"
@@ -311,10 +314,8 @@ class RingEngine(wiring.Component):
             # Section 2.7.10: ask for a notification once the driver makes
             # entry `last_avail` available, then look again (it may already be).
             with m.State("WRITE_AVAIL_EVENT"):
-                m.d.comb += [wr_req.valid.eq(1),
-                             wr_req.payload.addr.eq(cfg.device + spec.VIRTQ_RING_HEADER_SIZE
-                                                    + (cfg.size << 3)),
-                             wr_req.payload.length.eq(spec.VIRTQ_EVENT_SIZE)]
+                avail_event = cfg.device + spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 3)
+                m.d.comb += request(wr_req, avail_event, spec.VIRTQ_EVENT_SIZE)
                 with m.If(wr_req.ready):
                     m.next = "AVAIL_EVENT_DATA"
             with m.State("AVAIL_EVENT_DATA"):
@@ -332,12 +333,8 @@ class RingEngine(wiring.Component):
                 pending = (cur_seen - cur_last)[:_IDX_BITS]
                 capped = Mux(pending < BATCH, pending, BATCH)
                 m.d.comb += fetch.eq(Mux(to_wrap < capped, to_wrap, capped))
-                m.d.comb += [
-                    rd_req.valid.eq(1),
-                    rd_req.payload.addr.eq(cfg.driver + spec.VIRTQ_RING_HEADER_SIZE
-                                           + ((cur_last & size_mask) << 1)),
-                    rd_req.payload.length.eq(fetch << 1),
-                ]
+                entries = cfg.driver + spec.VIRTQ_RING_HEADER_SIZE + ((cur_last & size_mask) << 1)
+                m.d.comb += request(rd_req, entries, fetch << 1)
                 with m.If(rd_req.ready):
                     m.d.sync += [cached.eq(fetch), taken.eq(0), cache_valid.eq(1),
                                  cache_q.eq(q), dw.eq(0)]
@@ -369,10 +366,8 @@ class RingEngine(wiring.Component):
                     m.next = "READ_DESC"
 
             with m.State("READ_DESC"):
-                m.d.comb += [rd_req.valid.eq(1),
-                             rd_req.payload.addr.eq(Mux(in_table, table_addr, cfg.desc)
-                                                    + (desc_idx << 4)),
-                             rd_req.payload.length.eq(spec.VIRTQ_DESC_SIZE)]
+                table = Mux(in_table, table_addr, cfg.desc)
+                m.d.comb += request(rd_req, table + (desc_idx << 4), spec.VIRTQ_DESC_SIZE)
                 with m.If(rd_req.ready):
                     m.d.sync += [dw.eq(0), chain_len.eq(chain_len + 1)]
                     m.next = "GET_DESC"
@@ -452,8 +447,7 @@ class RingEngine(wiring.Component):
                     m.d.sync += frame_bytes.eq(frame_bytes + tx_data_len)
                     m.next = "TX_READ"
             with m.State("TX_READ"):
-                m.d.comb += [rd_req.valid.eq(1), rd_req.payload.addr.eq(seg_addr),
-                             rd_req.payload.length.eq(tx_read_len)]
+                m.d.comb += request(rd_req, seg_addr, tx_read_len)
                 with m.If(rd_req.ready):
                     m.next = "TX_MOVE"
             with m.State("TX_MOVE"):
@@ -514,8 +508,7 @@ class RingEngine(wiring.Component):
                 with m.Else():
                     m.next = "RX_WRITE_SEG"
             with m.State("RX_WRITE_HDR"):
-                m.d.comb += [wr_req.valid.eq(1), wr_req.payload.addr.eq(d_addr),
-                             wr_req.payload.length.eq(spec.VIRTIO_NET_HDR_SIZE)]
+                m.d.comb += request(wr_req, d_addr, spec.VIRTIO_NET_HDR_SIZE)
                 with m.If(wr_req.ready):
                     m.d.sync += dw.eq(0)
                     m.next = "RX_HDR_DATA"
@@ -532,8 +525,7 @@ class RingEngine(wiring.Component):
                 with m.If(seg_len == 0):
                     m.next = "RX_SEG_DONE"
                 with m.Else():
-                    m.d.comb += [wr_req.valid.eq(1), wr_req.payload.addr.eq(seg_addr),
-                                 wr_req.payload.length.eq(seg_len)]
+                    m.d.comb += request(wr_req, seg_addr, seg_len)
                     with m.If(wr_req.ready):
                         m.next = "RX_SEG_REQ"
             with m.State("RX_SEG_REQ"):
@@ -580,10 +572,8 @@ class RingEngine(wiring.Component):
 
             # Step 5: the used ring (section 2.7.8).
             with m.State("WRITE_USED_ELEM"):
-                m.d.comb += [wr_req.valid.eq(1),
-                             wr_req.payload.addr.eq(cfg.device + spec.VIRTQ_RING_HEADER_SIZE
-                                                    + ((cur_used & size_mask) << 3)),
-                             wr_req.payload.length.eq(spec.VIRTQ_USED_ELEM_SIZE)]
+                elem = cfg.device + spec.VIRTQ_RING_HEADER_SIZE + ((cur_used & size_mask) << 3)
+                m.d.comb += request(wr_req, elem, spec.VIRTQ_USED_ELEM_SIZE)
                 with m.If(wr_req.ready):
                     m.d.sync += dw.eq(0)
                     m.next = "USED_ELEM_DATA"
@@ -608,9 +598,7 @@ class RingEngine(wiring.Component):
                 with m.Else():
                     m.next = "WRITE_USED_IDX"
             with m.State("WRITE_USED_IDX"):
-                m.d.comb += [wr_req.valid.eq(1),
-                             wr_req.payload.addr.eq(cfg.device + spec.VIRTQ_IDX_OFFSET),
-                             wr_req.payload.length.eq(2)]
+                m.d.comb += request(wr_req, cfg.device + spec.VIRTQ_IDX_OFFSET, _IDX_BYTES)
                 with m.If(wr_req.ready):
                     m.next = "USED_IDX_DATA"
             with m.State("USED_IDX_DATA"):
@@ -635,10 +623,8 @@ class RingEngine(wiring.Component):
             # Section 2.7.10: used_event, read after the used idx write (a
             # read does not pass a posted write).
             with m.State("READ_USED_EVENT"):
-                m.d.comb += [rd_req.valid.eq(1),
-                             rd_req.payload.addr.eq(cfg.driver + spec.VIRTQ_RING_HEADER_SIZE
-                                                    + (cfg.size << 1)),
-                             rd_req.payload.length.eq(spec.VIRTQ_EVENT_SIZE)]
+                used_event_addr = cfg.driver + spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 1)
+                m.d.comb += request(rd_req, used_event_addr, spec.VIRTQ_EVENT_SIZE)
                 with m.If(rd_req.ready):
                     m.next = "GET_USED_EVENT"
             with m.State("GET_USED_EVENT"):
