@@ -775,6 +775,13 @@ class VirtioNet:
     async def receive_small(self, rq: ReceiveQueue, buf: DmaBuffer,
                             length: int) -> bytes | None:
         """A frame in one buffer, behind its header."""
+        data = await self._take_used_buffer(rq, buf, length)
+        return None if data is None else data[self.hdr_len:]
+
+    async def _take_used_buffer(self, rq: ReceiveQueue, buf: DmaBuffer,
+                                length: int) -> bytes | None:
+        """The `length` bytes the device wrote into `buf`, which goes back to the
+        pool; None (a length error) if the device claims more than the buffer holds."""
         if length > buf.size:
             log.debug("rx queue %d: used length %d exceeds the buffer (%d)", rq.vq.index,
                       length, buf.size)
@@ -783,19 +790,14 @@ class VirtioNet:
             return None
         data = await self.transport.dma_read(buf.addr, length)
         rq.pool.put(buf)
-        return data[self.hdr_len:]
+        return data
 
     async def receive_mergeable(self, rq: ReceiveQueue, buf: DmaBuffer,
                                 length: int) -> bytes | None:
         """A frame over num_buffers buffers, the header in the first (section 5.1.6.4)."""
-        if length > buf.size:
-            log.debug("rx queue %d: used length %d exceeds the buffer (%d)", rq.vq.index,
-                      length, buf.size)
-            rq.stats.length_errors += 1
-            rq.pool.put(buf)
+        data = await self._take_used_buffer(rq, buf, length)
+        if data is None:
             return None
-        data = await self.transport.dma_read(buf.addr, length)
-        rq.pool.put(buf)
         num_buffers = int.from_bytes(
             data[spec.VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET:][:2], "little")
         if num_buffers == 0:
@@ -812,14 +814,11 @@ class VirtioNet:
                 rq.stats.length_errors += 1
                 rq.stats.drops += 1
                 return None
-            more, more_len = got
-            if more_len > more.size:
-                rq.pool.put(more)
-                rq.stats.length_errors += 1
+            piece = await self._take_used_buffer(rq, *got)
+            if piece is None:
                 await self._drop_mergeable(rq, num_buffers - received - 1)
                 return None
-            pieces.append(await self.transport.dma_read(more.addr, more_len))
-            rq.pool.put(more)
+            pieces.append(piece)
         return b"".join(pieces)
 
     async def _drop_mergeable(self, rq: ReceiveQueue, remaining: int) -> None:

@@ -342,6 +342,28 @@ def test_corrupted_used_id_is_a_clear_error():
     asyncio.run(body())
 
 
+@pytest.mark.parametrize("extra", [0, MRG], ids=["small", "mergeable"])
+def test_used_length_beyond_the_buffer_is_a_length_error(extra):
+    """A device claiming more bytes than the buffer holds: the frame is dropped
+    and counted, the buffer recycled, nothing read past it."""
+    async def body():
+        dev = device(extra)
+        net = await opened(dev)
+        vq = net.rq[0].vq
+        await net.poll(0)                                  # the poll scheduled by open()
+        good = frames(16, 1)[0]
+        assert dev.inject_rx(frames(17, 1)[0])
+        slot = (dev.queues[0].used_idx - 1) % vq.num
+        used_len = vq.used_addr + spec.virtq_used_elem_offset(slot) + spec.VIRTQ_USED_ELEM_LEN_OFFSET
+        dev.dma_poke(used_len, (net.rx_buf_len + 1).to_bytes(4, "little"))
+        assert dev.inject_rx(good)
+        await drain_rx(net)
+        assert net.take_received() == [good]
+        assert net.stats().rx_length_errors == 1
+        await finish(dev, net)
+    asyncio.run(body())
+
+
 # --- mergeable receive buffers ----------------------------------------------------------------
 
 def test_mergeable_buffers_gather_num_buffers():
