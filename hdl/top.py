@@ -35,7 +35,7 @@ from .net.wire_tx import FrameSender
 from .pcie.dma_read import DmaReader
 from .pcie.dma_write import DmaWriter
 from .pcie.tlp_gate import TlpGate
-from .virtio.ring_engine import RingEngine
+from .virtio.virtqueues import Virtqueues
 from .net.counters import STATS_ADDR_WIDTH, DropCounter, QueueCounters
 from .net.device_cfg import DEVICE_CFG_ADDR_WIDTH, NetDeviceConfig
 from .pcie.completer import Completer
@@ -61,7 +61,7 @@ RX_BUFFER_FRAMES = 4       # the RX side holds more: the wire does not wait whil
 def implemented_features():
     """What the gateware really does today; grows as the datapath lands."""
     return (spec.VirtioF.VERSION_1 | spec.VirtioF.EVENT_IDX | spec.VirtioF.INDIRECT_DESC
-            | spec.VirtioNetF.MAC | spec.VirtioNetF.MTU | spec.VirtioNetF.STATUS)
+            | spec.VirtioNetF.MRG_RXBUF | spec.VirtioNetF.MAC | spec.VirtioNetF.MTU | spec.VirtioNetF.STATUS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ class VirtioNetCore(wiring.Component):
         self.completer = Completer(bar_size=layout.size,
                                    window_data_dw=self.config_space.window_data_dw)
         self.device_cfg = NetDeviceConfig(params.mac, params.queue_pairs, params.mtu)
-        self.engine = RingEngine(num_queues=params.num_queues, max_tx_frame=params.max_frame,
+        self.engine = Virtqueues(num_queues=params.num_queues, max_tx_frame=params.max_frame,
                                  initial_idx=params.ring_start_index)
         self.tx_fifo = PacketFifo(depth=params.frame_buffer_dwords(TX_BUFFER_FRAMES),
                                   min_length=spec.ETH_HLEN,
@@ -264,10 +264,14 @@ class VirtioNetCore(wiring.Component):
         tx_dropped = tx_fifo.dropped != 0
         rx_dropped = rx_fifo.dropped != 0
         m.d.comb += [
-            counters.queue.eq(engine.queue),
-            counters.packet.eq(tx_fifo.committed | engine.rx_delivered),
-            counters.length.eq(Mux(engine.rx_delivered, engine.rx_length, tx_fifo.length)),
-            counters.drop.eq(tx_dropped | engine.tx_empty | engine.rx_too_big),
+            counters.tx.queue.eq(engine.tx_queue),
+            counters.tx.packet.eq(tx_fifo.committed),
+            counters.tx.length.eq(tx_fifo.length),
+            counters.tx.drop.eq(tx_dropped | engine.tx_empty),
+            counters.rx.queue.eq(engine.rx_queue),
+            counters.rx.packet.eq(engine.rx_delivered),
+            counters.rx.length.eq(engine.rx_length),
+            counters.rx.drop.eq(engine.rx_too_big),
             counters.rx_drop.eq(rx_dropped),
             counters.reasons[DropCounter.RX_NO_SPACE].eq(rx_fifo.dropped[DropReason.NO_SPACE]),
             counters.reasons[DropCounter.RX_TOO_SHORT].eq(rx_fifo.dropped[DropReason.TOO_SHORT]),
@@ -284,10 +288,12 @@ class VirtioNetCore(wiring.Component):
         m.d.comb += [
             engine.event_idx.eq((transport.driver_features & spec.VirtioF.EVENT_IDX) != 0),
             engine.indirect.eq((transport.driver_features & spec.VirtioF.INDIRECT_DESC) != 0),
+            engine.mrg_rxbuf.eq((transport.driver_features & spec.VirtioNetF.MRG_RXBUF) != 0),
             engine.run.eq(((status & spec.VirtioStatus.DRIVER_OK) != 0)
                           & ((status & spec.VirtioStatus.DEVICE_NEEDS_RESET) == 0)),
             tx_fifo.w_abort.eq(engine.tx_abort),
             engine.tx_done.eq(tx_fifo.committed | (tx_fifo.dropped != 0)),
+            engine.tx_space.eq(tx_fifo.space),
             tx_sender.head_valid.eq(tx_fifo.head_valid),
             tx_sender.head_length.eq(tx_fifo.head_length),
             tx_fifo.pop.eq(tx_sender.pop),

@@ -7,7 +7,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from hdl import spec
-from hdl.virtio.ring_engine import RingEngine, RingError
+from hdl.virtio.ring_engine import RingError
+from hdl.virtio.virtqueues import Virtqueues
 from tests.amaranth_sim import CLOCK_PERIOD
 from tests.ring_model import HostMemory, SplitRing, serve_dma_read, serve_dma_write
 
@@ -22,12 +23,13 @@ class Bench:
     """The engine plus its surroundings; `run(scenario)` drives it."""
 
     def __init__(self, *, size=8, start_idx=0, seed=1, p_stall=0.3, tx_ready=0.8,
-                 event_idx=False, indirect=False):
-        self.event_idx, self.indirect = event_idx, indirect
+                 event_idx=False, indirect=False, mrg_rxbuf=False):
+        self.event_idx, self.indirect, self.mrg_rxbuf = event_idx, indirect, mrg_rxbuf
+        self.tx_space = 0xFFFF     # what the TX frame buffer says it can take
         self.rng = random.Random(seed)
         self.mem = HostMemory()
         self.rings = {RXQ: SplitRing(self.mem, size, start_idx), TXQ: SplitRing(self.mem, size, start_idx)}
-        self.dut = RingEngine(num_queues=NUM_QUEUES, max_tx_frame=MAX_FRAME, initial_idx=start_idx)
+        self.dut = Virtqueues(num_queues=NUM_QUEUES, max_tx_frame=MAX_FRAME, initial_idx=start_idx)
         self.p_stall = p_stall
         self.tx_ready = tx_ready
         self.tx_frames = []        # (bytes, aborted)
@@ -96,6 +98,7 @@ class Bench:
         while True:
             ctx.set(dut.tx.ready, self.rng.random() < self.tx_ready)
             ctx.set(dut.tx_done, done_in == 1)
+            ctx.set(dut.tx_space, self.tx_space)
             done_in = max(0, done_in - 1)
             _, _, valid, ready, payload, abort = await ctx.tick().sample(
                 dut.tx.valid, dut.tx.ready, dut.tx.payload, dut.tx_abort)
@@ -154,6 +157,7 @@ class Bench:
             ctx.set(dut.run, 1)
             ctx.set(dut.event_idx, self.event_idx)
             ctx.set(dut.indirect, self.indirect)
+            ctx.set(dut.mrg_rxbuf, self.mrg_rxbuf)
             await scenario(ctx, self)
 
         sim.add_testbench(main)
@@ -494,3 +498,136 @@ def test_event_idx_moves_avail_event_and_gates_interrupts():
 
     bench.run(scenario)
     assert len(bench.tx_frames) == 4
+
+
+def used_frames(b, used, buffers_of):
+    """Reassemble mergeable RX frames from used elements: [(heads, num_buffers, bytes)]."""
+    frames = []
+    while used:
+        head, length = used[0]
+        addr, _ = buffers_of[head]
+        count = struct.unpack("<H", b.mem.read(addr + spec.VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET, 2))[0]
+        assert 1 <= count <= len(used), f"num_buffers {count} with {len(used)} used elements"
+        taken, used = used[:count], used[count:]
+        data = b"".join(b.mem.read(buffers_of[h][0], n) for h, n in taken)
+        frames.append(([h for h, _ in taken], count, data[HDR:]))
+    return frames
+
+
+def test_mergeable_rx_frames_span_several_buffers():
+    bench = Bench(size=32, seed=31, mrg_rxbuf=True)
+    frames = [random_frame(bench.rng, n) for n in (60, 1514, 244, 245, 700, 61)]
+    buffer = 256
+
+    async def scenario(ctx, b):
+        buffers_of = {}
+        for _ in range(24):
+            head, bufs = b.post_rx(buffer)
+            buffers_of[head] = bufs[0]
+        b.kick(RXQ)
+        b.rx_frames.extend(frames)
+        total = sum(-(-(HDR + len(f)) // buffer) for f in frames)
+        await wait_for(ctx, lambda: b.rings[RXQ].used_idx() == total)
+        await wait_for(ctx, lambda: b.notifies[RXQ] >= 1)
+        got = used_frames(b, b.rings[RXQ].take_used(), buffers_of)
+        assert [data for _, _, data in got] == frames
+        expected_heads = 0
+        for (heads, count, data), frame in zip(got, frames):
+            assert count == -(-(HDR + len(frame)) // buffer)
+            assert heads == list(range(expected_heads, expected_heads + count))
+            expected_heads += count
+
+    bench.run(scenario)
+    assert bench.rx_delivered == len(frames) and bench.rx_too_big == 0
+
+
+@pytest.mark.parametrize("event_idx", [False, True])
+def test_mergeable_rx_waits_when_buffers_run_out_mid_frame(event_idx):
+    bench = Bench(size=16, seed=32, mrg_rxbuf=True, event_idx=event_idx)
+    frame = random_frame(bench.rng, 1000)
+
+    async def scenario(ctx, b):
+        ring = b.rings[RXQ]
+        buffers_of = {}
+        for _ in range(2):
+            head, bufs = b.post_rx(256)
+            buffers_of[head] = bufs[0]
+        b.kick(RXQ)
+        b.rx_frames.append(frame)
+        for _ in range(2000):
+            await ctx.tick()
+        # nothing published: a frame is never handed over in part
+        assert ring.used_idx() == 0 and b.rx_frames and b.notifies[RXQ] == 0
+        if event_idx:
+            avail_event = struct.unpack("<H", b.mem.read(ring.device + 4 + 8 * ring.size, 2))[0]
+            assert avail_event == 2, "the device asks to hear of the next buffer"
+        reads_before = len(b.reads)
+        for _ in range(200):
+            await ctx.tick()
+        assert len(b.reads) == reads_before, "a starved queue waits for a doorbell, it does not poll"
+        for _ in range(3):
+            head, bufs = b.post_rx(256)
+            buffers_of[head] = bufs[0]
+        b.kick(RXQ)
+        await wait_for(ctx, lambda: ring.used_idx() == 4)
+        got = used_frames(b, ring.take_used(), buffers_of)
+        assert got == [([0, 1, 2, 3], 4, frame)]
+
+    bench.run(scenario)
+
+
+def test_mergeable_frame_larger_than_the_whole_ring_is_dropped_taking_nothing():
+    bench = Bench(size=4, seed=33, mrg_rxbuf=True)
+    big, small = random_frame(bench.rng, 1000), random_frame(bench.rng, 100)
+
+    async def scenario(ctx, b):
+        ring = b.rings[RXQ]
+        buffers_of = {}
+        for _ in range(4):
+            head, bufs = b.post_rx(128)
+            buffers_of[head] = bufs[0]
+        b.kick(RXQ)
+        b.rx_frames.extend([big, small])
+        await wait_for(ctx, lambda: ring.used_idx() == 1)
+        got = used_frames(b, ring.take_used(), buffers_of)
+        assert got == [([0], 1, small)]
+
+    bench.run(scenario)
+    assert bench.rx_too_big == 1 and bench.rx_delivered == 1
+
+
+def test_descriptors_are_read_in_blocks():
+    bench = Bench(size=16, seed=34)
+    frames = [random_frame(bench.rng, 100) for _ in range(8)]
+
+    async def scenario(ctx, b):
+        for f in frames:
+            b.post_tx(f)
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: len(b.tx_frames) == len(frames))
+
+    bench.run(scenario)
+    ring = bench.rings[TXQ]
+    table = range(ring.desc, ring.desc + spec.VIRTQ_DESC_SIZE * ring.size)
+    desc_reads = [(a, n) for a, n in bench.reads if a in table]
+    assert desc_reads == [(ring.desc, 8 * spec.VIRTQ_DESC_SIZE)]
+    assert [f for f, _ in bench.tx_frames] == frames
+
+
+def test_tx_buffer_is_read_only_when_the_frame_buffer_has_room():
+    bench = Bench(seed=35)
+    frame = random_frame(bench.rng, 400)
+
+    async def scenario(ctx, b):
+        b.tx_space = 300
+        b.post_tx(frame)
+        b.kick(TXQ)
+        for _ in range(1000):
+            await ctx.tick()
+        assert not any(n == len(frame) for _, n in b.reads), "read before there was room"
+        assert not b.tx_frames
+        b.tx_space = 400
+        await wait_for(ctx, lambda: len(b.tx_frames) == 1)
+
+    bench.run(scenario)
+    assert bench.tx_frames == [(frame, False)]

@@ -40,7 +40,8 @@ def test_build_parameters(params):
 
 DATAPATH_CASES = ["tx_frames_reach_the_wire", "rx_frames_reach_the_driver",
                   "rx_without_buffers_drops_and_counts", "masked_vector_is_pending_then_fires",
-                  "event_idx_reduces_notifications"]
+                  "event_idx_reduces_notifications", "mergeable_rx_buffers_carry_long_frames",
+                  "rx_without_mergeable_buffers"]
 BAD_DESCRIPTOR_CASES = ["bad_descriptor_index_out_of_range", "bad_descriptor_loop",
                         "bad_descriptor_zero_length", "bad_descriptor_read_only_rx_buffer",
                         "bad_descriptor_chain_longer_than_queue",

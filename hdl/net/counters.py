@@ -11,14 +11,14 @@ virtio-net): read-only 32-bit counters that wrap, cleared by device reset.
 Queue q is the virtqueue index: 2n is receiveq n, 2n+1 transmitq n. Packets
 and bytes are frames as on the wire (no virtio_net_hdr).
 """
-from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .. import spec
 from ..pcie.register_bus import RegisterBusSignature
 
-__all__ = ["DropCounter", "QueueCounters", "STATS_ADDR_WIDTH"]
+__all__ = ["DropCounter", "QueueCounters", "QueueEvent", "STATS_ADDR_WIDTH"]
 
 STATS_ADDR_WIDTH = (spec.STATS_WINDOW_BYTES // 4 - 1).bit_length()
 QUEUE_STATS_BASE_DW = spec.STATS_QUEUE_BASE // 4
@@ -27,14 +27,19 @@ _COUNTER_BITS = 32
 DropCounter = spec.StatsDrop
 QueueStat = spec.StatsQueue
 
+QueueEvent = data.StructLayout({
+    "queue": unsigned(8),      # the virtqueue the pulses refer to
+    "packet": unsigned(1),     # pulse: a frame of ``length`` bytes went through it
+    "length": unsigned(16),
+    "drop": unsigned(1),       # pulse: a frame of it was dropped
+})
+
 
 class QueueCounters(wiring.Component):
     """Ports:
         bus:       In(RegisterBusSignature(STATS_ADDR_WIDTH)), the window (read only).
-        queue:     In(8), the queue the engine events below refer to.
-        packet:    In(1), pulse: a frame of ``length`` bytes went through ``queue``.
-        length:    In(16).
-        drop:      In(1), pulse: a frame of ``queue`` was dropped.
+        tx:        In(QueueEvent), events of transmitqs (odd queue indexes).
+        rx:        In(QueueEvent), events of receiveqs (even queue indexes).
         rx_drop:   In(1), pulse: a frame from the wire was dropped before any
                    queue took it (counted on receiveq 0: no steering yet).
         reasons:   In(len(DropCounter)), pulses, one bit per reason.
@@ -46,10 +51,8 @@ class QueueCounters(wiring.Component):
         self.num_queues = num_queues
         super().__init__({
             "bus": In(RegisterBusSignature(STATS_ADDR_WIDTH)),
-            "queue": In(8),
-            "packet": In(1),
-            "length": In(16),
-            "drop": In(1),
+            "tx": In(QueueEvent),
+            "rx": In(QueueEvent),
             "rx_drop": In(1),
             "reasons": In(len(DropCounter)),
         })
@@ -63,10 +66,11 @@ class QueueCounters(wiring.Component):
         by_reason = [Signal(_COUNTER_BITS, name=f"drop_{r.name.lower()}") for r in DropCounter]
 
         for q in range(nq):
-            here = self.queue == q
-            with m.If(self.packet & here):
-                m.d.sync += [packets[q].eq(packets[q] + 1), octets[q].eq(octets[q] + self.length)]
-            engine_drop = self.drop & here
+            event = self.tx if q % 2 else self.rx
+            here = event.queue == q
+            with m.If(event.packet & here):
+                m.d.sync += [packets[q].eq(packets[q] + 1), octets[q].eq(octets[q] + event.length)]
+            engine_drop = event.drop & here
             wire_drop = self.rx_drop if q == 0 else 0
             m.d.sync += drops[q].eq(drops[q] + engine_drop + wire_drop)
         for reason, counter in zip(DropCounter, by_reason):

@@ -58,6 +58,7 @@ class PacketFifo(wiring.Component):
         dropped:   Out(len(DropReason)), one-hot pulse: a frame was taken back, why.
         committed: Out(1), pulse: a frame became readable.
         length:    Out(16), with ``committed`` or ``dropped``: the frame's bytes so far.
+        space:     Out(16), bytes the buffer can take now (registered; saturates).
         head_valid:  Out(1), a frame is readable.
         head_length: Out(16), its length in bytes.
         seg_req:   In(stream.Signature(Segment)), read a byte range of the head frame.
@@ -84,6 +85,7 @@ class PacketFifo(wiring.Component):
             "dropped": Out(len(DropReason)),
             "committed": Out(1),
             "length": Out(_LENGTH_BITS),
+            "space": Out(_LENGTH_BITS),
             "head_valid": Out(1),
             "head_length": Out(_LENGTH_BITS),
             "seg_req": In(stream.Signature(Segment)),
@@ -108,7 +110,13 @@ class PacketFifo(wiring.Component):
         discarding = Signal()            # rest of this frame goes nowhere
         reason = Signal(len(DropReason))  # one-hot, why it is discarded
 
-        room = (wr_ptr - tail)[:ptr_bits] != depth
+        used = Signal(ptr_bits)
+        m.d.comb += used.eq(wr_ptr - tail)
+        room = used != depth
+        free = depth - used
+        max_space = (1 << _LENGTH_BITS) - 1
+        m.d.sync += self.space.eq(Mux(free > max_space // BYTES_PER_BEAT, max_space,
+                                      free * BYTES_PER_BEAT))
         beat_bytes = Signal(range(BYTES_PER_BEAT + 1))
         m.d.comb += beat_bytes.eq(sum(self.w.payload.keep[n] for n in range(BYTES_PER_BEAT)))
         new_count = count + beat_bytes

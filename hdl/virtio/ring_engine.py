@@ -1,18 +1,26 @@
-"""The split-virtqueue ring engine (virtio 1.2 section 2.7), with the
-virtio-net transmit and receive steps (section 5.1.6) it drives.
+"""A split-virtqueue ring engine (virtio 1.2 section 2.7), with the
+virtio-net transmit or receive steps (section 5.1.6) it drives.
 
-One engine serves every queue, one descriptor chain at a time, through the
-DMA requester's read and write ports. For a queue it visits it:
+An engine has a role: a TX engine serves every transmitq, an RX engine
+every receiveq (`Virtqueues` runs one of each side by side, sharing the DMA
+requester). It serves one descriptor chain at a time. For a queue it visits:
 
 1. reads the avail ring's flags and idx (one 4-byte read);
 2. reads up to ``BATCH`` avail ring entries at once into a head cache;
-3. walks each head's chain: reads each 16-byte descriptor whole and checks it
-   (index below the queue size, no longer chain than the queue, NEXT target
-   in range, length non-zero, the right direction; an INDIRECT table only
-   when negotiated, not nested, not with NEXT, a whole number of descriptors);
+3. walks each head's chain. Descriptors come from a descriptor cache: a
+   miss reads a block of up to ``DESC_BLOCK`` descriptors from the one
+   missed on, in one read (drivers lay chains out in order, so one read
+   usually serves several chains). Each is checked (index below the queue
+   size, no longer chain than the queue, NEXT target in range, length
+   non-zero, the right direction; an INDIRECT table only when negotiated,
+   not nested, not with NEXT, a whole number of descriptors);
 4. moves the data: TX gathers the buffers (less the 12-byte virtio_net_hdr)
-   into the TX frame buffer; RX writes the header and the head frame of the
-   RX frame buffer across the chain's buffers;
+   into the TX frame buffer, reading a buffer only once the frame buffer has
+   room for it (a read never waits on the wire inside the DMA reader, where
+   it would hold up the RX engine's reads); RX writes the header and the
+   RX frame buffer's head frame across the chain's buffers, the header and
+   the first bytes in one write. With VIRTIO_NET_F_MRG_RXBUF a frame runs on
+   into the next heads' chains (section 5.1.6.4);
 5. writes the used element, and after the batch the used idx;
 6. raises the queue's interrupt unless VIRTQ_AVAIL_F_NO_INTERRUPT is set
    (with VIRTIO_F_EVENT_IDX: when used_event says so), once its writes have
@@ -20,35 +28,57 @@ DMA requester's read and write ports. For a queue it visits it:
 7. with VIRTIO_F_EVENT_IDX, before leaving a queue with nothing to do,
    writes avail_event = the next entry it will read, and looks once more.
 
-Indirect descriptors (VIRTIO_F_INDIRECT_DESC) are walked like the queue's
-own table, inside the table they point to.
+The descriptor cache only holds descriptors read after the last avail idx
+read: a driver writes a chain's descriptors before it publishes the chain,
+so every chain published by then is read whole, and nothing a later avail
+idx makes available is ever served from an older copy.
+
+Mergeable receive buffers never hand the driver a truncated frame: the used
+elements of a frame's buffers are written past the used idx and only
+published together. When the buffers run out mid-frame, the engine takes
+them back (its last_avail and cache rewind to the frame's first head; the
+bytes already written sit in buffers the driver still owns) and waits for a
+doorbell; a frame larger than the whole ring is dropped the same way.
 
 A bad descriptor, an avail idx that moved more than the queue size, or a
 failed DMA read stops the engine and reports ``needs_reset``: the transport
 sets DEVICE_NEEDS_RESET and raises the config interrupt (section 2.1.1); the
 engine then stays halted until the driver resets the device.
-
-Queues are served round robin; receive queue 0 takes every RX frame (RX
-steering over queue pairs belongs to the multiqueue work).
 """
 import enum
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .. import spec
-from ..lib.bytes import BYTES_PER_BEAT, ByteStreamSignature
+from ..lib.bytes import ByteStreamSignature
 from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
 from .common_cfg import QueueConfig
 
-__all__ = ["RingEngine", "RingError", "BATCH"]
+__all__ = ["BATCH", "DESC_BLOCK", "RingEngine", "RingError", "Role"]
 
 BATCH = 8                  # avail entries fetched per read
+DESC_BLOCK = 8             # descriptors fetched per read (the descriptor cache)
 _IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
+_IDX_MASK = (1 << _IDX_BITS) - 1
+_DESC_DWORDS = spec.VIRTQ_DESC_SIZE // 4
 _HDR_DWORDS = spec.VIRTIO_NET_HDR_SIZE // 4
 _IDX_BYTES = 2             # a le16 ring index (used idx)
+_NUM_BUFFERS_BYTES = 2     # virtio_net_hdr.num_buffers, le16
+
+
+class Role(enum.Enum):
+    """Which queues an engine serves (section 5.1.2: 2n receiveq, 2n+1 transmitq)."""
+    TX = "tx"
+    RX = "rx"
+
+    def queues(self, num_queues):
+        """The virtqueue indexes served, the control queue (the last) excluded."""
+        parity = 1 if self is Role.TX else 0
+        return [q for q in range(num_queues - 1) if q % 2 == parity]
 
 
 class RingError(enum.IntEnum):
@@ -64,38 +94,47 @@ class RingError(enum.IntEnum):
 
 
 class RingEngine(wiring.Component):
-    """Ports:
+    """Ports (both roles):
         queues:      In(QueueConfig).array(num_queues), from the common config.
         run:         In(1), DRIVER_OK set and the device not halted.
         event_idx:   In(1), VIRTIO_F_EVENT_IDX negotiated (section 2.7.7.2, 2.7.10).
         indirect:    In(1), VIRTIO_F_INDIRECT_DESC negotiated (section 2.7.5.3).
-        doorbell:    In(stream.Signature(16)), notified queue indexes.
+        doorbell:    In(stream.Signature(16)), notified queue indexes (others' ignored).
         used_notify: Out(num_queues), pulse: raise the queue's interrupt.
         needs_reset: Out(1), pulse: the engine stopped on an error.
         error:       Out(RingError), the first error seen since reset.
         dma_rd:      Out(DmaReadSignature()), reads of rings and TX buffers.
         dma_wr:      Out(DmaWriteSignature()), writes of used rings and RX buffers.
+        queue:       Out(8), the queue the pulses below refer to.
+    TX role:
         tx:          Out(ByteStreamSignature), TX frames, bytes at any lane
                      (to a BytePacker, then the TX PacketFifo).
         tx_abort:    Out(1), the frame on ``tx`` is to be dropped (held until
                      ``tx_done``).
         tx_done:     In(1), pulse: the TX frame buffer committed or dropped it.
+        tx_space:    In(16), bytes the TX frame buffer can take now.
         tx_sent:     Out(1), pulse: a TX chain was returned ...
         tx_empty:    Out(1), ... with no frame byte in it (dropped here) ...
         tx_long:     Out(1), ... because the frame was too long (else: too short).
+    RX role:
+        mrg_rxbuf:   In(1), VIRTIO_NET_F_MRG_RXBUF negotiated.
         rx_valid, rx_length: In, the RX frame buffer's head frame.
+        rx_pair:     In(8), the queue pair whose receiveq takes it (steering).
         rx_seg_req:  Out(stream.Signature(Segment)), read a byte range of it.
         rx_seg:      In(ByteStreamSignature), those bytes, packed (a BytePacker).
         rx_pop:      Out(1), pulse: the head frame is delivered (or dropped).
         rx_delivered, rx_too_big: Out(1), pulses: how the head frame went.
-        queue:       Out(8), the queue the pulses above refer to.
     """
 
-    def __init__(self, *, num_queues, max_tx_frame, initial_idx=0):
+    def __init__(self, *, role, num_queues, max_tx_frame=0, initial_idx=0):
+        self.role = Role(role)
         self.num_queues = num_queues
+        self.served = self.role.queues(num_queues)
+        if not self.served:
+            raise ValueError(f"{num_queues} virtqueues leave no {self.role.value} queue")
         self.max_tx_frame = max_tx_frame
         self.initial_idx = initial_idx
-        super().__init__({
+        ports = {
             "queues": In(QueueConfig).array(num_queues),
             "run": In(1),
             "event_idx": In(1),
@@ -106,58 +145,78 @@ class RingEngine(wiring.Component):
             "error": Out(RingError),
             "dma_rd": Out(DmaReadSignature()),
             "dma_wr": Out(DmaWriteSignature()),
-            "tx": Out(ByteStreamSignature),
-            "tx_abort": Out(1),
-            "tx_done": In(1),
-            "tx_sent": Out(1),
-            "tx_empty": Out(1),
-            "tx_long": Out(1),
-            "rx_valid": In(1),
-            "rx_length": In(16),
-            "rx_seg_req": Out(stream.Signature(Segment)),
-            "rx_seg": In(ByteStreamSignature),
-            "rx_pop": Out(1),
-            "rx_delivered": Out(1),
-            "rx_too_big": Out(1),
             "queue": Out(8),
-        })
+        }
+        if self.role is Role.TX:
+            ports.update({
+                "tx": Out(ByteStreamSignature),
+                "tx_abort": Out(1),
+                "tx_done": In(1),
+                "tx_space": In(16),
+                "tx_sent": Out(1),
+                "tx_empty": Out(1),
+                "tx_long": Out(1),
+            })
+        else:
+            ports.update({
+                "mrg_rxbuf": In(1),
+                "rx_valid": In(1),
+                "rx_length": In(16),
+                "rx_pair": In(8),
+                "rx_seg_req": Out(stream.Signature(Segment)),
+                "rx_seg": In(ByteStreamSignature),
+                "rx_pop": Out(1),
+                "rx_delivered": Out(1),
+                "rx_too_big": Out(1),
+            })
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
-        nq = self.num_queues
-        served = nq - 1                      # the control queue is not served yet
-        tx_queues = [q for q in range(served) if q % 2 == 1]
+        is_rx = self.role is Role.RX
+        served = self.served
+        slots = len(served)
 
-        # --- per-queue state ------------------------------------------------
+        # --- per-queue state (one slot per served queue) -------------------
         # Indexes start at 0 (section 2.7); `initial_idx` is a test-only
         # build parameter that starts them elsewhere, to reach the 16-bit
         # wrap-around quickly (the driver has the matching option).
-        def idx(name):
-            return Array(Signal(_IDX_BITS, name=f"{name}{q}", init=self.initial_idx)
-                         for q in range(nq))
-        last_avail = idx("last_avail")
-        avail_seen = idx("avail_seen")
-        used_idx = idx("used_idx")
-        no_interrupt = Array(Signal(name=f"no_interrupt{q}") for q in range(nq))
-        signalled = idx("signalled")         # used idx at the last interrupt decision
-        kick = Signal(nq)
-        cfgs = Array(self.queues)
+        def per_slot(name, width=_IDX_BITS, init=None):
+            init = self.initial_idx if init is None else init
+            return Array(Signal(width, name=f"{name}{served[s]}", init=init) for s in range(slots))
+        last_avail = per_slot("last_avail")
+        avail_seen = per_slot("avail_seen")
+        used_idx = per_slot("used_idx")
+        signalled = per_slot("signalled")    # used idx at the last interrupt decision
+        no_interrupt = per_slot("no_interrupt", 1, 0)
+        starved = per_slot("starved", 1, 0)  # RX: waits for a doorbell (buffers ran out mid-frame)
+        kick = Signal(slots)
+        cfgs = Array(self.queues[q] for q in served)
         cfg = Signal(QueueConfig)            # the served queue's settings, registered
 
         m.d.comb += self.doorbell.ready.eq(1)
-        kick_set = Signal(nq)
-        kick_clr = Signal(nq)
+        kick_set = Signal(slots)
+        kick_clr = Signal(slots)
         with m.If(self.doorbell.valid):
-            for q in range(nq):
+            for s, q in enumerate(served):
                 with m.If(self.doorbell.payload == q):
-                    m.d.comb += kick_set[q].eq(1)
-        recheck = Signal(nq)                 # the engine asks itself to look again
-        notify_now = Signal(nq)
-        m.d.sync += self.used_notify.eq(notify_now)      # registered: a pulse a cycle later
+                    m.d.comb += kick_set[s].eq(1)
+        recheck = Signal(slots)              # the engine asks itself to look again
         m.d.sync += kick.eq((kick & ~kick_clr) | kick_set | recheck)
+        for s in range(slots):
+            with m.If(kick_set[s]):
+                m.d.sync += starved[s].eq(0)
 
-        q = Signal(8)                        # the queue being served
+        slot = Signal(range(max(slots, 2)))  # the queue being served ...
+        q = Signal(8)                        # ... and its virtqueue index
         m.d.comb += self.queue.eq(q)
+        notify_now = Signal()
+        notify_r = Signal(self.num_queues)
+        m.d.sync += notify_r.eq(0)
+        with m.If(notify_now):
+            m.d.sync += notify_r.eq(1 << q)
+        m.d.comb += self.used_notify.eq(notify_r)      # registered: a pulse a cycle later
+
         size_mask = Signal(_IDX_BITS)
         m.d.comb += size_mask.eq(cfg.size - 1)
         # The served queue's state, copied in registers on a visit (the
@@ -168,22 +227,36 @@ class RingEngine(wiring.Component):
         cur_seen = Signal(_IDX_BITS)
         cur_signalled = Signal(_IDX_BITS)
         cur_no_interrupt = Signal()
+        visit_used = Signal(_IDX_BITS)       # used idx when the visit began
 
         def enabled(index):
-            return self.run & self.queues[index].enable
+            return self.run & cfgs[index].enable
 
         # --- head cache -----------------------------------------------------
         heads = Array(Signal(_IDX_BITS, name=f"head{n}") for n in range(BATCH))
         cached = Signal(range(BATCH + 1))    # heads in the cache
         taken = Signal(range(BATCH + 1))     # heads consumed from it
-        cache_q = Signal(8)
-        cache_valid = Signal()               # the cache belongs to cache_q
+        cache_slot = Signal.like(slot)
+        cache_valid = Signal()               # the cache belongs to cache_slot
+
+        # --- descriptor cache -----------------------------------------------
+        m.submodules.desc_ram = desc_ram = Memory(shape=spec.VIRTQ_DESC_SIZE * 8, depth=DESC_BLOCK,
+                                                  init=[])
+        desc_wr = desc_ram.write_port(granularity=32)
+        desc_rd = desc_ram.read_port(domain="comb")
+        dc_valid = Signal()
+        dc_first = Signal(_IDX_BITS)         # index of the first cached descriptor
+        dc_count = Signal(range(DESC_BLOCK + 1))
+        dc_table = Signal()                  # the entries are of the indirect table being walked
+        dc_offset = Signal(_IDX_BITS)
 
         # --- chain state ----------------------------------------------------
         desc_idx = Signal(_IDX_BITS)
         in_table = Signal()                  # walking an indirect table
         table_addr = Signal(64)
-        table_len = Signal(_IDX_BITS + 1)    # its descriptors (at most the queue size... or 2**16)
+        table_len = Signal(_IDX_BITS + 1)    # its descriptors
+        table_size = Signal(_IDX_BITS + 1)   # descriptors in the table being walked
+        m.d.comb += table_size.eq(Mux(in_table, table_len, cfg.size))
         event_armed = Signal()               # avail_event written, avail idx re-read once
         used_event = Signal(_IDX_BITS)
         need = Signal()                      # vring_need_event's answer
@@ -194,24 +267,13 @@ class RingEngine(wiring.Component):
         d_next = Signal(_IDX_BITS)
         head_id = Signal(_IDX_BITS)
         used_len = Signal(32)
-        is_rx = Signal()
-        dw = Signal(3)                       # DWs received of the current read
-
-        # TX gather
-        hdr_left = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))
-        frame_bytes = Signal(17)
-        tx_drop = Signal()
-        tx_read_len = Signal(16)
-        tx_data_len = Signal(33)             # this buffer's frame bytes, before the length check
-        m.d.comb += self.tx_abort.eq(tx_drop)
-
-        # RX scatter
-        rx_len = Signal(16)
-        rx_pos = Signal(16)                  # frame bytes written so far
-        seg_addr = Signal(64)
-        seg_len = Signal(16)
-        rx_room = Signal(33)                 # bytes this buffer can take
-        rx_left = Signal(16)                 # frame bytes still to write
+        dw = Signal(range(DESC_BLOCK * _DESC_DWORDS + 1))   # DWs received of the current read
+        has_next = (d_flags & spec.VirtqDescF.NEXT) != 0
+        # mergeable receive: buffers (heads) the current frame has filled so far
+        frame_bufs = Signal(_IDX_BITS)
+        next_avail = Signal(_IDX_BITS)       # the next avail entry to take
+        m.d.comb += next_avail.eq(cur_last + frame_bufs)
+        num_buffers = Signal(_IDX_BITS)
 
         err = Signal(RingError)
         m.d.comb += self.error.eq(err)
@@ -228,55 +290,88 @@ class RingEngine(wiring.Component):
             """Offer a DMA request of `length` bytes at `addr` (held until taken)."""
             return [port.valid.eq(1), port.payload.addr.eq(addr), port.payload.length.eq(length)]
 
-        # --- scheduler state ------------------------------------------------
-        scan = Signal(8, init=tx_queues[0] if tx_queues else 0)
-        prefer_rx = Signal()
+        # --- scheduler ------------------------------------------------------
+        def has_work(index):
+            return (avail_seen[index] != last_avail[index]) | (
+                cache_valid & (cache_slot == index) & (taken != cached))
 
-        def tx_pending(index):
-            return enabled(index) & (kick[index] | (avail_seen[index] != last_avail[index])
-                                     | (cache_valid & (cache_q == index) & (taken != cached)))
-
-        rx_q = spec.rx_queue_index(0)
-        rx_ready = (self.rx_valid & enabled(rx_q)
-                    & (kick[rx_q] | (avail_seen[rx_q] != last_avail[rx_q])
-                       | (cache_valid & (cache_q == rx_q) & (taken != cached))))
-        tx_here = Signal()
-        with m.Switch(scan):
-            for index in tx_queues:
-                with m.Case(index):
-                    m.d.comb += tx_here.eq(tx_pending(index))
+        if is_rx:
+            # the receiveq the head frame is steered to; a starved queue waits
+            # for a doorbell
+            target = Signal.like(slot)
+            m.d.comb += target.eq(Mux(self.rx_pair < slots, self.rx_pair, 0))
+            pending = (self.rx_valid & enabled(target)
+                       & (kick.bit_select(target, 1) | (~starved[target] & has_work(target))))
+        else:
+            # the scan moves on every cycle: TX queues take turns
+            target = Signal.like(slot)
+            m.d.sync += target.eq(Mux(target == slots - 1, 0, target + 1))
+            pending = enabled(target) & (kick.bit_select(target, 1) | has_work(target))
         # The scheduler decides on last cycle's view (registered: timing); a
         # stale "pending" costs at most one visit that finds nothing.
-        tx_here_r = Signal()
-        rx_ready_r = Signal()
-        scan_r = Signal.like(scan)
-        m.d.sync += [tx_here_r.eq(tx_here), rx_ready_r.eq(rx_ready), scan_r.eq(scan)]
+        pending_r = Signal()
+        target_r = Signal.like(slot)
+        m.d.sync += [pending_r.eq(pending), target_r.eq(target)]
 
         new_avail = Signal(_IDX_BITS)
         to_wrap = Signal(_IDX_BITS + 1)
-        m.d.comb += to_wrap.eq(cfg.size - ((cur_last) & size_mask))
+        m.d.comb += to_wrap.eq(cfg.size - (next_avail & size_mask))
         fetch = Signal(range(BATCH + 1))
+        nothing_done = cur_used == visit_used
+
+        # TX gather
+        if not is_rx:
+            hdr_left = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))
+            frame_bytes = Signal(17)
+            tx_drop = Signal()
+            tx_read_len = Signal(16)
+            tx_data_len = Signal(33)         # this buffer's frame bytes, before the length check
+            seg_addr = Signal(64)
+            m.d.comb += self.tx_abort.eq(tx_drop)
+        # RX scatter
+        else:
+            rx_len = Signal(16)
+            rx_pos = Signal(16)              # frame bytes written so far
+            seg_addr = Signal(64)
+            seg_len = Signal(16)
+            rx_room = Signal(33)             # bytes this buffer can take
+            rx_left = Signal(16)             # frame bytes still to write
+            rx_first = Signal()              # this buffer starts the frame: the header goes first
+            frame_done = Signal()            # the used element being written ends the frame
+            first_addr = Signal(64)          # the frame's header, for num_buffers
+            starve = Signal()                # leaving because buffers ran out mid-frame
+            rewind_drop = Signal()
+
+        def new_chain():
+            chain = [chain_len.eq(0), in_table.eq(0), used_len.eq(0)]
+            if is_rx:
+                with m.If(frame_bufs == 0):
+                    m.d.sync += [rx_pos.eq(0), rx_len.eq(self.rx_length)]
+            else:
+                chain += [hdr_left.eq(spec.VIRTIO_NET_HDR_SIZE), frame_bytes.eq(0), tx_drop.eq(0)]
+            return chain
 
         with m.FSM(name="ring"):
             with m.State("IDLE"):
-                with m.If(rx_ready_r & (prefer_rx | ~tx_here_r)):
-                    m.d.sync += [q.eq(rx_q), is_rx.eq(1), prefer_rx.eq(0)]
+                with m.If(pending_r):
+                    m.d.sync += [slot.eq(target_r), frame_bufs.eq(0)]
+                    with m.Switch(target_r):
+                        for s, index in enumerate(served):
+                            with m.Case(s):
+                                m.d.sync += q.eq(index)
                     m.next = "VISIT"
-                with m.Elif(tx_here_r):
-                    m.d.sync += [q.eq(scan_r), is_rx.eq(0), prefer_rx.eq(1)]
-                    m.next = "VISIT"
-                # the scan moves on every cycle: TX queues take turns
-                m.d.sync += scan.eq(Mux(scan >= tx_queues[-1], tx_queues[0], scan + 2))
 
             with m.State("VISIT"):
-                m.d.sync += [cfg.eq(cfgs[q]),cur_last.eq(last_avail[q]), cur_used.eq(used_idx[q]),
-                             cur_seen.eq(avail_seen[q]), cur_signalled.eq(signalled[q]),
-                             cur_no_interrupt.eq(no_interrupt[q])]
+                m.d.sync += [cfg.eq(cfgs[slot]), cur_last.eq(last_avail[slot]),
+                             cur_used.eq(used_idx[slot]), visit_used.eq(used_idx[slot]),
+                             cur_seen.eq(avail_seen[slot]), cur_signalled.eq(signalled[slot]),
+                             cur_no_interrupt.eq(no_interrupt[slot])]
                 m.next = "VISIT_PLAN"
             with m.State("VISIT_PLAN"):
-                with m.If(~(cache_valid & (cache_q == q))):
-                    m.d.sync += [cache_valid.eq(0), cached.eq(0), taken.eq(0), cache_q.eq(q)]
-                with m.If(cache_valid & (cache_q == q) & (taken != cached)):
+                with m.If(~(cache_valid & (cache_slot == slot))):
+                    m.d.sync += [cache_valid.eq(0), cached.eq(0), taken.eq(0),
+                                 cache_slot.eq(slot), dc_valid.eq(0)]
+                with m.If(cache_valid & (cache_slot == slot) & (taken != cached)):
                     m.next = "NEXT_HEAD"
                 with m.Elif(cur_seen != cur_last):
                     m.next = "READ_AVAIL_RING"
@@ -287,39 +382,53 @@ class RingEngine(wiring.Component):
             with m.State("READ_AVAIL_IDX"):
                 m.d.comb += request(rd_req, cfg.driver, spec.VIRTQ_RING_HEADER_SIZE)
                 with m.If(rd_req.ready):
-                    m.d.comb += kick_clr.eq(1 << q)
+                    # descriptors read from now on are at least as new as
+                    # every chain this read can make available
+                    m.d.sync += dc_valid.eq(0)
+                    m.d.comb += kick_clr.eq(1 << slot)
                     m.next = "GET_AVAIL_IDX"
             with m.State("GET_AVAIL_IDX"):
                 m.d.comb += rd.ready.eq(1)
                 with m.If(rd.valid):
                     m.d.comb += new_avail.eq(rd.payload.data[16:])
-                    m.d.sync += [avail_seen[q].eq(new_avail), cur_seen.eq(new_avail),
-                                 no_interrupt[q].eq(rd.payload.data[0]),
+                    m.d.sync += [avail_seen[slot].eq(new_avail), cur_seen.eq(new_avail),
+                                 no_interrupt[slot].eq(rd.payload.data[0]),
                                  cur_no_interrupt.eq(rd.payload.data[0])]
                     with m.If(rd.payload.error):
                         m.d.sync += fail(RingError.DMA)
                         m.next = "ERROR"
-                    with m.Elif(((new_avail - cur_last) & 0xFFFF) > cfg.size):
+                    with m.Elif(((new_avail - cur_last) & _IDX_MASK) > cfg.size):
                         m.d.sync += fail(RingError.AVAIL_IDX)
                         m.next = "ERROR"
-                    with m.Elif((new_avail == cur_last) & self.event_idx & ~event_armed):
+                    with m.Elif((new_avail == next_avail) & self.event_idx & ~event_armed):
                         m.next = "WRITE_AVAIL_EVENT"
-                    with m.Elif(new_avail == cur_last):
+                    with m.Elif(new_avail == next_avail):
                         m.d.sync += event_armed.eq(0)
-                        m.next = "DONE"          # nothing new
+                        m.next = "NOTHING_NEW"
                     with m.Else():
                         m.d.sync += event_armed.eq(0)
                         m.next = "READ_AVAIL_RING"
+            with m.State("NOTHING_NEW"):
+                if is_rx:
+                    with m.If(frame_bufs != 0):
+                        m.next = "RX_REWIND"         # out of buffers mid-frame
+                        m.d.sync += [starve.eq(1), rewind_drop.eq(0)]
+                    with m.Elif(nothing_done):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "WRITE_USED_IDX"
+                else:
+                    m.next = "DONE"
 
             # Section 2.7.10: ask for a notification once the driver makes
-            # entry `last_avail` available, then look again (it may already be).
+            # entry `next_avail` available, then look again (it may already be).
             with m.State("WRITE_AVAIL_EVENT"):
                 avail_event = cfg.device + spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 3)
                 m.d.comb += request(wr_req, avail_event, spec.VIRTQ_EVENT_SIZE)
                 with m.If(wr_req.ready):
                     m.next = "AVAIL_EVENT_DATA"
             with m.State("AVAIL_EVENT_DATA"):
-                m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(cur_last), wr.payload.last.eq(1)]
+                m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(next_avail), wr.payload.last.eq(1)]
                 with m.If(wr.ready):
                     m.d.sync += event_armed.eq(1)
                     m.next = "AVAIL_EVENT_SENT"
@@ -330,14 +439,14 @@ class RingEngine(wiring.Component):
 
             # Step 2: a batch of avail entries, not past the ring's end.
             with m.State("READ_AVAIL_RING"):
-                pending = (cur_seen - cur_last)[:_IDX_BITS]
-                capped = Mux(pending < BATCH, pending, BATCH)
+                pending_entries = (cur_seen - next_avail)[:_IDX_BITS]
+                capped = Mux(pending_entries < BATCH, pending_entries, BATCH)
                 m.d.comb += fetch.eq(Mux(to_wrap < capped, to_wrap, capped))
-                entries = cfg.driver + spec.VIRTQ_RING_HEADER_SIZE + ((cur_last & size_mask) << 1)
+                entries = cfg.driver + spec.VIRTQ_RING_HEADER_SIZE + ((next_avail & size_mask) << 1)
                 m.d.comb += request(rd_req, entries, fetch << 1)
                 with m.If(rd_req.ready):
                     m.d.sync += [cached.eq(fetch), taken.eq(0), cache_valid.eq(1),
-                                 cache_q.eq(q), dw.eq(0)]
+                                 cache_slot.eq(slot), dw.eq(0)]
                     m.next = "GET_AVAIL_RING"
             with m.State("GET_AVAIL_RING"):
                 m.d.comb += rd.ready.eq(1)
@@ -355,10 +464,7 @@ class RingEngine(wiring.Component):
             # Step 3: the next chain.
             with m.State("NEXT_HEAD"):
                 head = heads[taken]
-                m.d.sync += [head_id.eq(head), desc_idx.eq(head), chain_len.eq(0), in_table.eq(0),
-                             used_len.eq(0), hdr_left.eq(spec.VIRTIO_NET_HDR_SIZE),
-                             frame_bytes.eq(0), tx_drop.eq(0), rx_pos.eq(0),
-                             rx_len.eq(self.rx_length)]
+                m.d.sync += [head_id.eq(head), desc_idx.eq(head)] + new_chain()
                 with m.If(head >= cfg.size):
                     m.d.sync += fail(RingError.HEAD_RANGE)
                     m.next = "ERROR"
@@ -366,38 +472,48 @@ class RingEngine(wiring.Component):
                     m.next = "READ_DESC"
 
             with m.State("READ_DESC"):
+                m.d.sync += dc_offset.eq(desc_idx - dc_first)
+                with m.If(dc_valid & (dc_table == in_table) & (desc_idx >= dc_first)
+                          & (desc_idx - dc_first < dc_count)):
+                    m.next = "CACHED_DESC"
+                with m.Else():
+                    m.next = "READ_DESC_BLOCK"
+            with m.State("READ_DESC_BLOCK"):
                 table = Mux(in_table, table_addr, cfg.desc)
-                m.d.comb += request(rd_req, table + (desc_idx << 4), spec.VIRTQ_DESC_SIZE)
+                left = table_size - desc_idx
+                count = Signal(range(DESC_BLOCK + 1))
+                m.d.comb += count.eq(Mux(left < DESC_BLOCK, left, DESC_BLOCK))
+                m.d.comb += request(rd_req, table + (desc_idx << 4), count << 4)
                 with m.If(rd_req.ready):
-                    m.d.sync += [dw.eq(0), chain_len.eq(chain_len + 1)]
-                    m.next = "GET_DESC"
-            with m.State("GET_DESC"):
-                m.d.comb += rd.ready.eq(1)
+                    m.d.sync += [dw.eq(0), dc_valid.eq(0), dc_first.eq(desc_idx),
+                                 dc_count.eq(count), dc_table.eq(in_table)]
+                    m.next = "GET_DESC_BLOCK"
+            with m.State("GET_DESC_BLOCK"):
+                m.d.comb += [rd.ready.eq(1),
+                             desc_wr.addr.eq(dw >> 2),
+                             desc_wr.data.eq(rd.payload.data.replicate(_DESC_DWORDS))]
                 with m.If(rd.valid):
+                    m.d.comb += desc_wr.en.eq(1 << dw[:2])
                     m.d.sync += dw.eq(dw + 1)
-                    with m.Switch(dw):
-                        with m.Case(0):
-                            m.d.sync += d_addr[:32].eq(rd.payload.data)
-                        with m.Case(1):
-                            m.d.sync += d_addr[32:].eq(rd.payload.data)
-                        with m.Case(2):
-                            m.d.sync += d_len.eq(rd.payload.data)
-                        with m.Case(3):
-                            m.d.sync += [d_flags.eq(rd.payload.data[:16]),
-                                         d_next.eq(rd.payload.data[16:])]
                     with m.If(rd.payload.last):
                         with m.If(rd.payload.error):
                             m.d.sync += fail(RingError.DMA)
                             m.next = "ERROR"
                         with m.Else():
-                            m.next = "CHECK_DESC"
+                            m.d.sync += [dc_valid.eq(1), dc_offset.eq(0)]
+                            m.next = "CACHED_DESC"
+            with m.State("CACHED_DESC"):
+                m.d.comb += desc_rd.addr.eq(dc_offset)
+                desc = desc_rd.data
+                m.d.sync += [d_addr.eq(desc[0:64]), d_len.eq(desc[64:96]),
+                             d_flags.eq(desc[96:112]), d_next.eq(desc[112:128]),
+                             chain_len.eq(chain_len + 1)]
+                m.next = "CHECK_DESC"
 
             # Section 2.7.5.x: what a device may assume of a descriptor, checked.
             with m.State("CHECK_DESC"):
                 writable = (d_flags & spec.VirtqDescF.WRITE) != 0
                 is_indirect = (d_flags & spec.VirtqDescF.INDIRECT) != 0
-                has_next = (d_flags & spec.VirtqDescF.NEXT) != 0
-                table_size = Mux(in_table, table_len, cfg.size)
                 with m.If(chain_len > table_size):
                     m.d.sync += fail(RingError.CHAIN_LOOP)
                     m.next = "ERROR"
@@ -412,7 +528,7 @@ class RingEngine(wiring.Component):
                         m.d.sync += fail(RingError.INDIRECT)
                         m.next = "ERROR"
                     with m.Else():
-                        m.d.sync += [in_table.eq(1), table_addr.eq(d_addr),
+                        m.d.sync += [in_table.eq(1), table_addr.eq(d_addr), dc_valid.eq(0),
                                      table_len.eq(d_len[4:]), desc_idx.eq(0), chain_len.eq(0)]
                         m.next = "READ_DESC"
                 with m.Elif(has_next & (d_next >= table_size)):
@@ -421,158 +537,26 @@ class RingEngine(wiring.Component):
                 with m.Elif(writable != is_rx):
                     m.d.sync += fail(RingError.DIRECTION)
                     m.next = "ERROR"
-                with m.Elif(is_rx):
-                    m.next = "RX_PLAN"
                 with m.Else():
-                    m.next = "TX_PLAN"
-
-            # Step 4, transmit (section 5.1.6.2): the header is skipped (no
-            # offload is offered), the rest is the frame.
-            with m.State("TX_PLAN"):
-                skip = Signal(32)
-                m.d.comb += skip.eq(Mux(d_len < hdr_left, d_len, hdr_left))
-                data_len = Signal(33)
-                m.d.comb += data_len.eq(d_len - skip)
-                m.d.sync += [hdr_left.eq(hdr_left - skip), seg_addr.eq(d_addr + skip),
-                             tx_data_len.eq(data_len)]
-                m.next = "TX_CHECK"
-            with m.State("TX_CHECK"):
-                m.d.sync += tx_read_len.eq(tx_data_len)
-                with m.If((tx_data_len == 0) | tx_drop):
-                    m.next = "CHAIN_NEXT"
-                with m.Elif(frame_bytes + tx_data_len > self.max_tx_frame):
-                    m.d.sync += tx_drop.eq(1)            # too long: dropped, still returned
-                    m.next = "CHAIN_NEXT"
-                with m.Else():
-                    m.d.sync += frame_bytes.eq(frame_bytes + tx_data_len)
-                    m.next = "TX_READ"
-            with m.State("TX_READ"):
-                m.d.comb += request(rd_req, seg_addr, tx_read_len)
-                with m.If(rd_req.ready):
-                    m.next = "TX_MOVE"
-            with m.State("TX_MOVE"):
-                tail = tx_read_len[:2]
-                final = (d_flags & spec.VirtqDescF.NEXT) == 0
-                m.d.comb += [
-                    self.tx.valid.eq(rd.valid),
-                    rd.ready.eq(self.tx.ready),
-                    self.tx.payload.data.eq(rd.payload.data),
-                    self.tx.payload.keep.eq(Mux(rd.payload.last & (tail != 0),
-                                                (Const(1, 5) << tail) - 1, 0b1111)),
-                    self.tx.payload.last.eq(rd.payload.last & final),
-                ]
-                with m.If(rd.valid & rd.ready & rd.payload.last):
-                    with m.If(rd.payload.error):
-                        m.d.sync += tx_drop.eq(1)
-                        m.d.sync += fail(RingError.DMA)
-                        m.next = "TX_ERROR_END"
-                    with m.Elif(final):
-                        m.next = "TX_WAIT"
-                    with m.Else():
-                        m.next = "CHAIN_NEXT"
-            with m.State("TX_END"):
-                # the frame's last byte went out with a NEXT still to walk
-                # (or was dropped): close the frame with an empty beat
-                with m.If(frame_bytes == 0):
-                    m.d.comb += [self.tx_empty.eq(1), self.tx_long.eq(tx_drop)]
-                    m.next = "WRITE_USED_ELEM"
-                with m.Else():
-                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.last.eq(1)]
-                    with m.If(self.tx.ready):
-                        m.next = "TX_WAIT"
-            with m.State("TX_WAIT"):
-                with m.If(self.tx_done):
-                    m.next = "WRITE_USED_ELEM"
-            with m.State("TX_ERROR_END"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.last.eq(1)]
-                with m.If(self.tx.ready):
-                    m.next = "ERROR"
-
-            # Step 4, receive (section 5.1.6.3): header, then the frame, across
-            # the chain's buffers; the first must hold the whole header.
-            with m.State("RX_PLAN"):
-                first = chain_len == 1
-                m.d.sync += [
-                    rx_room.eq(Mux(first, d_len - spec.VIRTIO_NET_HDR_SIZE, d_len)),
-                    seg_addr.eq(Mux(first, d_addr + spec.VIRTIO_NET_HDR_SIZE, d_addr)),
-                    rx_left.eq(rx_len - rx_pos),
-                ]
-                with m.If(first & (d_len < spec.VIRTIO_NET_HDR_SIZE)):
-                    m.next = "RX_TOO_BIG"              # not even the header fits
-                with m.Else():
-                    m.next = "RX_FIT"
-            with m.State("RX_FIT"):
-                m.d.sync += seg_len.eq(Mux(rx_room < rx_left, rx_room, rx_left))
-                with m.If(chain_len == 1):
-                    m.next = "RX_WRITE_HDR"
-                with m.Else():
-                    m.next = "RX_WRITE_SEG"
-            with m.State("RX_WRITE_HDR"):
-                m.d.comb += request(wr_req, d_addr, spec.VIRTIO_NET_HDR_SIZE)
-                with m.If(wr_req.ready):
-                    m.d.sync += dw.eq(0)
-                    m.next = "RX_HDR_DATA"
-            with m.State("RX_HDR_DATA"):
-                # virtio_net_hdr v1: no flags, no GSO, num_buffers = 1 (section 5.1.6.4)
-                m.d.comb += [wr.valid.eq(1), wr.payload.last.eq(dw == _HDR_DWORDS - 1)]
-                with m.If(dw == _HDR_DWORDS - 1):
-                    m.d.comb += wr.payload.data.eq(1 << 16)
-                with m.If(wr.ready):
-                    m.d.sync += dw.eq(dw + 1)
-                    with m.If(dw == _HDR_DWORDS - 1):
-                        m.next = "RX_WRITE_SEG"
-            with m.State("RX_WRITE_SEG"):
-                with m.If(seg_len == 0):
-                    m.next = "RX_SEG_DONE"
-                with m.Else():
-                    m.d.comb += request(wr_req, seg_addr, seg_len)
-                    with m.If(wr_req.ready):
-                        m.next = "RX_SEG_REQ"
-            with m.State("RX_SEG_REQ"):
-                m.d.comb += [self.rx_seg_req.valid.eq(1),
-                             self.rx_seg_req.payload.offset.eq(rx_pos),
-                             self.rx_seg_req.payload.length.eq(seg_len)]
-                with m.If(self.rx_seg_req.ready):
-                    m.next = "RX_SEG_DATA"
-            with m.State("RX_SEG_DATA"):
-                m.d.comb += [wr.valid.eq(self.rx_seg.valid),
-                             self.rx_seg.ready.eq(wr.ready),
-                             wr.payload.data.eq(self.rx_seg.payload.data),
-                             wr.payload.last.eq(self.rx_seg.payload.last)]
-                with m.If(self.rx_seg.valid & wr.ready & self.rx_seg.payload.last):
-                    m.d.sync += rx_pos.eq(rx_pos + seg_len)
-                    m.next = "RX_SEG_DONE"
-            with m.State("RX_SEG_DONE"):
-                with m.If(rx_pos == rx_len):
-                    m.d.sync += used_len.eq(rx_len + spec.VIRTIO_NET_HDR_SIZE)
-                    m.d.comb += self.rx_delivered.eq(1)
-                    m.next = "RX_POP"
-                with m.Elif((d_flags & spec.VirtqDescF.NEXT) != 0):
-                    m.next = "CHAIN_NEXT"
-                with m.Else():
-                    m.next = "RX_TOO_BIG"
-            with m.State("RX_TOO_BIG"):
-                # the chain ends before the frame does: the frame is dropped
-                # and the buffer returned empty (Linux counts a length error)
-                m.d.sync += used_len.eq(0)
-                m.d.comb += self.rx_too_big.eq(1)
-                m.next = "RX_POP"
-            with m.State("RX_POP"):
-                m.d.comb += self.rx_pop.eq(1)
-                m.next = "WRITE_USED_ELEM"
+                    m.next = "RX_PLAN" if is_rx else "TX_PLAN"
 
             with m.State("CHAIN_NEXT"):
-                with m.If((d_flags & spec.VirtqDescF.NEXT) != 0):
+                with m.If(has_next):
                     m.d.sync += desc_idx.eq(d_next)
                     m.next = "READ_DESC"
-                with m.Elif(is_rx):
-                    m.next = "RX_TOO_BIG"
                 with m.Else():
-                    m.next = "TX_END"
+                    m.next = "RX_CHAIN_END" if is_rx else "TX_END"
 
-            # Step 5: the used ring (section 2.7.8).
+            if is_rx:
+                self._receive(m, locals())
+            else:
+                self._transmit(m, locals())
+
+            # Step 5: the used ring (section 2.7.8). A mergeable frame's
+            # elements go past the used idx, published with the frame's last.
             with m.State("WRITE_USED_ELEM"):
-                elem = cfg.device + spec.VIRTQ_RING_HEADER_SIZE + ((cur_used & size_mask) << 3)
+                pos = cur_used + frame_bufs
+                elem = cfg.device + spec.VIRTQ_RING_HEADER_SIZE + ((pos & size_mask) << 3)
                 m.d.comb += request(wr_req, elem, spec.VIRTQ_USED_ELEM_SIZE)
                 with m.If(wr_req.ready):
                     m.d.sync += dw.eq(0)
@@ -584,16 +568,30 @@ class RingEngine(wiring.Component):
                 with m.If(wr.ready):
                     m.d.sync += dw.eq(dw + 1)
                     with m.If(dw == 1):
-                        m.d.comb += self.tx_sent.eq(~is_rx)
-                        m.d.sync += [cur_used.eq(cur_used + 1), cur_last.eq(cur_last + 1),
-                                     used_idx[q].eq(cur_used + 1), last_avail[q].eq(cur_last + 1),
-                                     taken.eq(taken + 1)]
-                        m.next = "AFTER_CHAIN"
+                        m.d.sync += taken.eq(taken + 1)
+                        bufs = frame_bufs + 1
+                        publish = [cur_used.eq(cur_used + bufs), cur_last.eq(cur_last + bufs),
+                                   used_idx[slot].eq(cur_used + bufs),
+                                   last_avail[slot].eq(cur_last + bufs),
+                                   frame_bufs.eq(0), num_buffers.eq(bufs)]
+                        if is_rx:
+                            with m.If(~frame_done):
+                                m.d.sync += frame_bufs.eq(frame_bufs + 1)
+                                m.next = "RX_NEXT_BUFFER"
+                            with m.Elif(frame_bufs != 0):
+                                m.d.sync += publish
+                                m.next = "WRITE_NUM_BUFFERS"
+                            with m.Else():
+                                m.d.sync += publish
+                                m.next = "AFTER_CHAIN"
+                        else:
+                            m.d.sync += publish
+                            m.d.comb += self.tx_sent.eq(1)
+                            m.next = "AFTER_CHAIN"
             with m.State("AFTER_CHAIN"):
-                # keep going within the batch: RX while frames wait, TX while
-                # none does (a waiting RX frame ends a TX batch: the RX frame
-                # buffer is small and the wire does not wait)
-                with m.If((taken != cached) & (is_rx == self.rx_valid)):
+                # keep going within the batch (RX: while frames wait)
+                more = (taken != cached) & cache_valid
+                with m.If(more & self.rx_valid if is_rx else more):
                     m.next = "NEXT_HEAD"
                 with m.Else():
                     m.next = "WRITE_USED_IDX"
@@ -614,11 +612,11 @@ class RingEngine(wiring.Component):
                 with m.Elif(self.event_idx):
                     # look at this queue again later: with EVENT_IDX the
                     # driver may have added buffers without notifying
-                    m.d.comb += recheck.eq(1 << q)
+                    m.d.comb += recheck.eq(1 << slot)
                     m.next = "READ_USED_EVENT"
                 with m.Else():
                     with m.If(~cur_no_interrupt):
-                        m.d.comb += notify_now.eq(1 << q)
+                        m.d.comb += notify_now.eq(1)
                     m.next = "IDLE"
             # Section 2.7.10: used_event, read after the used idx write (a
             # read does not pass a posted write).
@@ -638,13 +636,13 @@ class RingEngine(wiring.Component):
                         m.next = "EVENT_CHECK"
             with m.State("EVENT_CHECK"):
                 new, old = cur_used, cur_signalled
-                m.d.sync += [need.eq(((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)),
-                             signalled[q].eq(new)]
+                m.d.sync += [need.eq(((new - used_event - 1) & _IDX_MASK) < ((new - old) & _IDX_MASK)),
+                             signalled[slot].eq(new)]
                 m.next = "EVENT_NOTIFY"
             with m.State("EVENT_NOTIFY"):
                 with m.If(~self.dma_wr.busy):
                     with m.If(need):
-                        m.d.comb += notify_now.eq(1 << q)
+                        m.d.comb += notify_now.eq(1)
                     m.next = "IDLE"
 
             with m.State("DONE"):
@@ -658,3 +656,202 @@ class RingEngine(wiring.Component):
                 # stray read data is taken so the DMA reader never blocks
                 m.d.comb += rd.ready.eq(1)
         return m
+
+    # Step 4, transmit (section 5.1.6.2): the header is skipped (no offload
+    # is offered), the rest is the frame.
+    def _transmit(self, m, v):
+        rd_req, rd, request = v["rd_req"], v["rd"], v["request"]
+        d_len, d_addr, hdr_left = v["d_len"], v["d_addr"], v["hdr_left"]
+        tx_data_len, tx_read_len, tx_drop = v["tx_data_len"], v["tx_read_len"], v["tx_drop"]
+        frame_bytes, seg_addr, has_next = v["frame_bytes"], v["seg_addr"], v["has_next"]
+        fail = v["fail"]
+
+        with m.State("TX_PLAN"):
+            skip = Signal(32)
+            m.d.comb += skip.eq(Mux(d_len < hdr_left, d_len, hdr_left))
+            data_len = Signal(33)
+            m.d.comb += data_len.eq(d_len - skip)
+            m.d.sync += [hdr_left.eq(hdr_left - skip), seg_addr.eq(d_addr + skip),
+                         tx_data_len.eq(data_len)]
+            m.next = "TX_CHECK"
+        with m.State("TX_CHECK"):
+            m.d.sync += tx_read_len.eq(tx_data_len)
+            with m.If((tx_data_len == 0) | tx_drop):
+                m.next = "CHAIN_NEXT"
+            with m.Elif(frame_bytes + tx_data_len > self.max_tx_frame):
+                m.d.sync += tx_drop.eq(1)            # too long: dropped, still returned
+                m.next = "CHAIN_NEXT"
+            with m.Else():
+                m.d.sync += frame_bytes.eq(frame_bytes + tx_data_len)
+                m.next = "TX_READ"
+        with m.State("TX_READ"):
+            # only once the frame buffer can take the whole read
+            with m.If(self.tx_space >= tx_read_len):
+                m.d.comb += request(rd_req, seg_addr, tx_read_len)
+                with m.If(rd_req.ready):
+                    m.next = "TX_MOVE"
+        with m.State("TX_MOVE"):
+            tail = tx_read_len[:2]
+            final = ~has_next
+            m.d.comb += [
+                self.tx.valid.eq(rd.valid),
+                rd.ready.eq(self.tx.ready),
+                self.tx.payload.data.eq(rd.payload.data),
+                self.tx.payload.keep.eq(Mux(rd.payload.last & (tail != 0),
+                                            (Const(1, 5) << tail) - 1, 0b1111)),
+                self.tx.payload.last.eq(rd.payload.last & final),
+            ]
+            with m.If(rd.valid & rd.ready & rd.payload.last):
+                with m.If(rd.payload.error):
+                    m.d.sync += tx_drop.eq(1)
+                    m.d.sync += fail(RingError.DMA)
+                    m.next = "TX_ERROR_END"
+                with m.Elif(final):
+                    m.next = "TX_WAIT"
+                with m.Else():
+                    m.next = "CHAIN_NEXT"
+        with m.State("TX_END"):
+            # the frame's last byte went out with a NEXT still to walk
+            # (or was dropped): close the frame with an empty beat
+            with m.If(frame_bytes == 0):
+                m.d.comb += [self.tx_empty.eq(1), self.tx_long.eq(tx_drop)]
+                m.next = "WRITE_USED_ELEM"
+            with m.Else():
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.last.eq(1)]
+                with m.If(self.tx.ready):
+                    m.next = "TX_WAIT"
+        with m.State("TX_WAIT"):
+            with m.If(self.tx_done):
+                m.next = "WRITE_USED_ELEM"
+        with m.State("TX_ERROR_END"):
+            m.d.comb += [self.tx.valid.eq(1), self.tx.payload.last.eq(1)]
+            with m.If(self.tx.ready):
+                m.next = "ERROR"
+
+    # Step 4, receive (sections 5.1.6.3, 5.1.6.4): header, then the frame,
+    # across the chain's buffers; the first must hold the whole header.
+    def _receive(self, m, v):
+        wr_req, wr, request = v["wr_req"], v["wr"], v["request"]
+        d_len, d_addr, chain_len, has_next = v["d_len"], v["d_addr"], v["chain_len"], v["has_next"]
+        rx_room, rx_left, rx_len, rx_pos = v["rx_room"], v["rx_left"], v["rx_len"], v["rx_pos"]
+        seg_addr, seg_len, rx_first, dw = v["seg_addr"], v["seg_len"], v["rx_first"], v["dw"]
+        used_len, frame_done, first_addr = v["used_len"], v["frame_done"], v["first_addr"]
+        frame_bufs, num_buffers, cfg = v["frame_bufs"], v["num_buffers"], v["cfg"]
+        taken, cached, cache_valid = v["taken"], v["cached"], v["cache_valid"]
+        cur_seen, next_avail, starved, slot = v["cur_seen"], v["next_avail"], v["starved"], v["slot"]
+        starve, rewind_drop, nothing_done = v["starve"], v["rewind_drop"], v["nothing_done"]
+
+        with m.State("RX_PLAN"):
+            first = (chain_len == 1) & (frame_bufs == 0)
+            m.d.sync += [
+                rx_first.eq(first),
+                rx_room.eq(Mux(first, d_len - spec.VIRTIO_NET_HDR_SIZE, d_len)),
+                seg_addr.eq(Mux(first, d_addr + spec.VIRTIO_NET_HDR_SIZE, d_addr)),
+                rx_left.eq(rx_len - rx_pos),
+            ]
+            with m.If(first):
+                m.d.sync += first_addr.eq(d_addr)
+            with m.If(first & (d_len < spec.VIRTIO_NET_HDR_SIZE)):
+                m.next = "RX_TOO_BIG"              # not even the header fits
+            with m.Else():
+                m.next = "RX_FIT"
+        with m.State("RX_FIT"):
+            m.d.sync += seg_len.eq(Mux(rx_room < rx_left, rx_room, rx_left))
+            m.next = "RX_WRITE"
+        with m.State("RX_WRITE"):
+            # one write: the header (first buffer only), then the segment
+            hdr = Mux(rx_first, spec.VIRTIO_NET_HDR_SIZE, 0)
+            with m.If(rx_first | (seg_len != 0)):
+                m.d.comb += request(wr_req, Mux(rx_first, d_addr, seg_addr), seg_len + hdr)
+                with m.If(wr_req.ready):
+                    m.d.sync += [dw.eq(0), used_len.eq(used_len + seg_len + hdr)]
+                    with m.If(rx_first):
+                        m.next = "RX_HDR_DATA"
+                    with m.Else():
+                        m.next = "RX_SEG_REQ"
+            with m.Else():
+                m.next = "RX_SEG_DONE"
+        with m.State("RX_HDR_DATA"):
+            # virtio_net_hdr v1: no flags, no GSO, num_buffers = 1 (section
+            # 5.1.6.4; a mergeable frame's count is written when it is known)
+            last_dw = dw == _HDR_DWORDS - 1
+            m.d.comb += [wr.valid.eq(1), wr.payload.last.eq(last_dw & (seg_len == 0))]
+            with m.If(last_dw):
+                m.d.comb += wr.payload.data.eq(1 << 16)
+            with m.If(wr.ready):
+                m.d.sync += dw.eq(dw + 1)
+                with m.If(last_dw):
+                    with m.If(seg_len == 0):
+                        m.next = "RX_SEG_DONE"
+                    with m.Else():
+                        m.next = "RX_SEG_REQ"
+        with m.State("RX_SEG_REQ"):
+            m.d.comb += [self.rx_seg_req.valid.eq(1),
+                         self.rx_seg_req.payload.offset.eq(rx_pos),
+                         self.rx_seg_req.payload.length.eq(seg_len)]
+            with m.If(self.rx_seg_req.ready):
+                m.next = "RX_SEG_DATA"
+        with m.State("RX_SEG_DATA"):
+            m.d.comb += [wr.valid.eq(self.rx_seg.valid),
+                         self.rx_seg.ready.eq(wr.ready),
+                         wr.payload.data.eq(self.rx_seg.payload.data),
+                         wr.payload.last.eq(self.rx_seg.payload.last)]
+            with m.If(self.rx_seg.valid & wr.ready & self.rx_seg.payload.last):
+                m.d.sync += rx_pos.eq(rx_pos + seg_len)
+                m.next = "RX_SEG_DONE"
+        with m.State("RX_SEG_DONE"):
+            with m.If(rx_pos == rx_len):
+                m.d.sync += frame_done.eq(1)
+                m.d.comb += self.rx_delivered.eq(1)
+                m.next = "RX_POP"
+            with m.Else():
+                m.next = "CHAIN_NEXT"
+        with m.State("RX_CHAIN_END"):
+            # the chain ends before the frame does
+            with m.If(self.mrg_rxbuf):
+                m.d.sync += frame_done.eq(0)        # on into the next buffer
+                m.next = "WRITE_USED_ELEM"
+            with m.Else():
+                m.next = "RX_TOO_BIG"
+        with m.State("RX_TOO_BIG"):
+            # the frame is dropped and the buffer returned empty (Linux
+            # counts a length error)
+            m.d.sync += [used_len.eq(0), frame_done.eq(1)]
+            m.d.comb += self.rx_too_big.eq(1)
+            m.next = "RX_POP"
+        with m.State("RX_POP"):
+            m.d.comb += self.rx_pop.eq(1)
+            m.next = "WRITE_USED_ELEM"
+
+        # Mergeable buffers (section 5.1.6.4): the next head carries on the frame.
+        with m.State("RX_NEXT_BUFFER"):
+            with m.If(frame_bufs == cfg.size):
+                # the whole ring would not hold it: drop it, take nothing
+                m.d.sync += [starve.eq(0), rewind_drop.eq(1)]
+                m.next = "RX_REWIND"
+            with m.Elif((taken != cached) & cache_valid):
+                m.next = "NEXT_HEAD"
+            with m.Elif(cur_seen != next_avail):
+                m.next = "READ_AVAIL_RING"
+            with m.Else():
+                m.next = "READ_AVAIL_IDX"
+        with m.State("RX_REWIND"):
+            # the frame's buffers go back to where they were (never published)
+            m.d.sync += [frame_bufs.eq(0), cache_valid.eq(0)]
+            with m.If(starve):
+                m.d.sync += starved[slot].eq(1)
+            with m.If(rewind_drop):
+                m.d.comb += [self.rx_too_big.eq(1), self.rx_pop.eq(1)]
+            with m.If(nothing_done):
+                m.next = "DONE"
+            with m.Else():
+                m.next = "WRITE_USED_IDX"
+        with m.State("WRITE_NUM_BUFFERS"):
+            m.d.comb += request(wr_req, first_addr + spec.VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET,
+                                _NUM_BUFFERS_BYTES)
+            with m.If(wr_req.ready):
+                m.next = "NUM_BUFFERS_DATA"
+        with m.State("NUM_BUFFERS_DATA"):
+            m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(num_buffers), wr.payload.last.eq(1)]
+            with m.If(wr.ready):
+                m.next = "AFTER_CHAIN"
