@@ -10,27 +10,38 @@ Two entry points:
 `synth_core`
     Synthesises only the core (``synth_ecp5``, flattened) with its ports as
     top-level I/O, so none of it is optimised away, and returns the cell counts.
+`synth_mac`
+    The same for the `EthernetMac`, with the ports the board uses (all but
+    its counters, which nothing reads yet).
 
-Coverage check: the board top feeds the core from a handful of pins, so a
-harness mistake (a constant input, an unobserved output) makes synthesis delete
-part of the core silently. `check_coverage` compares yosys cell counts of the
-board build against the core-only synthesis (same yosys, same ``synth_ecp5``):
+Timing: every clock domain of `VersaTop.clock_frequencies` (``sync``, the
+core, 80 MHz; ``eth_tx`` and ``eth_rx``, the MAC's GMII sides, 125 MHz) is
+constrained, and the result gives nextpnr's fmax for each against its
+requirement (``domains``, and ``fmax_mhz``/``required_mhz``); ``timing_met``
+needs every domain reported and met.
 
-* TRELLIS_FF on the board minus the harness's own flops (an exact count,
-  `VersaTop.harness_flops`) must be at least `FF_MIN_RATIO` (98%) of the
-  core-only count. This is the sharp test: measured equal to the flop.
+Coverage check: the board top feeds the core's TLP ports from a handful of
+pins and its frame ports from the MAC, so a harness or wiring mistake (a
+constant input, an unobserved output) makes synthesis delete part of the core
+silently. `check_coverage` compares yosys cell counts of the board build
+against the reference, the core-only plus the MAC-only synthesis (same yosys,
+same ``synth_ecp5``):
+
+* TRELLIS_FF on the board minus the board's own flops around them (an exact
+  count, `VersaTop.harness_flops`) must be at least `FF_MIN_RATIO` (98%) of
+  the reference. This is the sharp test: measured equal to the flop.
   A constant input or an unobserved output removes the registers behind it.
 * LUT-equivalents (LUT4 + 2 per CCU2C carry cell) on the board must be at
-  least `LUT_MIN_RATIO` (80%) of the core-only count. LUT counts move with
+  least `LUT_MIN_RATIO` (80%) of the reference. LUT counts move with
   context: ABC maps logic across the core's boundary once ports become
   registers. Measured board/core-only ratios on two revisions of the default
   core: 0.85 (the same core between plain registered ports: 0.93) and 1.17.
   The slack is wide for that reason; the FF test above carries the precision.
 * Hard blocks (DP16KD, TRELLIS_DPR16X4, MULT18X18D, ALU54B) map the same way in
-  both flows, so the board must have at least as many as the core.
+  both flows, so the board must have at least as many as the reference.
 
-Time (2 cores): yosys ~10 s, nextpnr-ecp5 ~60 s, ecppack ~2 s; `build` runs
-the core-only synthesis in a worker process beside the board flow.
+Time (2 cores): a few minutes, nextpnr-ecp5 the longest step; `build` runs
+the core-only and MAC-only syntheses in a worker process beside the board flow.
 
 Run ``python -m boards.build [--json] [--out DIR] [--pairs N] [--no-check]``.
 """
@@ -49,21 +60,24 @@ import threading
 import time
 from pathlib import Path
 
-from .top import VersaTop, load_core_module
+from .top import MAC_EVENTS, VersaTop, load_core_module
 from .versa import VersaPlatform
 
 
 __all__ = [
     "BuildError", "CoverageError", "FF_MIN_RATIO", "LUT_MIN_RATIO",
-    "toolchain_env", "build", "synth_core", "check_coverage", "main",
+    "toolchain_env", "build", "synth_core", "synth_mac", "check_coverage", "main",
 ]
 
 
 DESIGN_NAME = "top"
 CORE_NAME = "core"
 REPORT_FILE = "report.json"          # nextpnr --report
+RESULT_FILE = "result.json"          # what `build` returns, also written here
 BOARD_STAT_FILE = "top.stat.json"    # yosys stat -json of the board design
+NETLIST_FILE = "top.json"            # yosys write_json, nextpnr's input
 CORE_STAT_FILE = "core.stat.json"    # yosys stat -json of the core alone
+MAC_NAME = "mac"
 
 #: YoWASP executables, by the environment variable Amaranth reads for each tool.
 YOWASP_TOOLS = {
@@ -200,34 +214,76 @@ def synth_core(params=None, out_dir="build/core", progress=print):
 
 def _synth_core(params, out_dir, progress):
     """Returns ``(cells, {"core_elaborate": s, "core_yosys": s})``."""
+    params = _core_params(params)
+    core = load_core_module().VirtioNetCore(params)
+    progress(f"[elaborate] core {params!r}")
+    return _synth_alone(core, CORE_NAME, None, out_dir, progress)
+
+
+def _synth_alone(elaboratable, name, ports, out_dir, progress):
+    """``synth_ecp5`` of one design with ``ports`` (default: its signature) as
+    top-level I/O. Returns ``(cells, {"<name>_elaborate": s, "<name>_yosys": s})``."""
     from amaranth.back import rtlil
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = _core_params(params)
-    core = load_core_module().VirtioNetCore(params)
-    progress(f"[elaborate] core {params!r}")
     start = time.monotonic()
-    with _heartbeat("elaborate core", progress):
-        (out / f"{CORE_NAME}.il").write_text(rtlil.convert(core, name=CORE_NAME))
+    with _heartbeat(f"elaborate {name}", progress):
+        (out / f"{name}.il").write_text(rtlil.convert(elaboratable, name=name, ports=ports))
     elaborate_s = time.monotonic() - start
-    progress(f"[elaborate] core done in {elaborate_s:.1f} s")
-    (out / f"{CORE_NAME}.ys").write_text("\n".join([
-        f"read_rtlil {CORE_NAME}.il",
-        f"synth_ecp5 -top {CORE_NAME}",
-        f"tee -q -o {CORE_STAT_FILE} stat -json",
+    progress(f"[elaborate] {name} done in {elaborate_s:.1f} s")
+    stat_file = f"{name}.stat.json"
+    (out / f"{name}.ys").write_text("\n".join([
+        f"read_rtlil {name}.il",
+        f"synth_ecp5 -top {name}",
+        f"tee -q -o {stat_file} stat -json",
         "",
     ]))
     env = toolchain_env()
-    argv = [env["YOSYS"], "-q", "-l", f"{CORE_NAME}.rpt", f"{CORE_NAME}.ys"]
-    yosys_s = _run_step(argv, out, env, "yosys.log", progress, tool_log=f"{CORE_NAME}.rpt")
-    return (_cell_counts(out / CORE_STAT_FILE, CORE_NAME),
-            {"core_elaborate": round(elaborate_s, 1), "core_yosys": round(yosys_s, 1)})
+    argv = [env["YOSYS"], "-q", "-l", f"{name}.rpt", f"{name}.ys"]
+    yosys_s = _run_step(argv, out, env, "yosys.log", progress, tool_log=f"{name}.rpt")
+    return (_cell_counts(out / stat_file, name),
+            {f"{name}_elaborate": round(elaborate_s, 1), f"{name}_yosys": round(yosys_s, 1)})
 
 
-def _synth_core_quietly(params, out_dir):
-    """`_synth_core` for a worker process (its progress lines would interleave)."""
-    return _synth_core(params, out_dir, lambda _msg: None)
+def synth_mac(max_frame=None, out_dir="build/mac", progress=print):
+    """Synthesise the `EthernetMac` alone for ECP5, as the board uses it: every
+    port but ``counters`` (the board does not read them, so synthesis removes
+    them there too) is top-level I/O. Returns ``{cell_type: count}``."""
+    return _synth_mac(max_frame, out_dir, progress)[0]
+
+
+def _synth_mac(max_frame, out_dir, progress):
+    from hdl.eth.mac import EthernetMac
+
+    mac = EthernetMac() if max_frame is None else EthernetMac(max_frame=max_frame)
+    ports = [value.as_value() if hasattr(value, "as_value") else value
+             for path, _member, value in mac.signature.flatten(mac)
+             if path[0] in MAC_PORTS_USED]
+    progress(f"[elaborate] MAC, max_frame {mac.max_frame}")
+    return _synth_alone(mac, MAC_NAME, ports, out_dir, progress)
+
+
+#: `EthernetMac` ports the board connects (``counters`` is left unread).
+MAC_PORTS_USED = ("tx", "rx", "rx_abort", "gmii_tx", "gmii_rx", *MAC_EVENTS)
+
+
+def _synth_references_quietly(params, out_dir):
+    """The core-only and MAC-only syntheses, for a worker process (their
+    progress lines would interleave). Returns ``(core_cells, mac_cells, seconds)``."""
+    params = _core_params(params)
+    quiet = lambda _msg: None
+    core_cells, seconds = _synth_core(params, Path(out_dir) / CORE_NAME, quiet)
+    mac_cells, mac_seconds = _synth_mac(params.max_frame, Path(out_dir) / MAC_NAME, quiet)
+    return core_cells, mac_cells, {**seconds, **mac_seconds}
+
+
+def _add_cells(*counts):
+    total = {}
+    for cells in counts:
+        for cell, count in cells.items():
+            total[cell] = total.get(cell, 0) + count
+    return total
 
 
 def _lut_equivalents(cells):
@@ -235,7 +291,8 @@ def _lut_equivalents(cells):
 
 
 def check_coverage(board_cells, core_cells, *, harness_flops=0):
-    """Raise `CoverageError` unless the board holds (about) all of the core.
+    """Raise `CoverageError` unless the board holds (about) all of ``core_cells``
+    (the reference: on the board, the core's plus the MAC's cells).
 
     ``harness_flops`` (known exactly from the harness's construction) is taken
     off the board's FF count first, so harness registers cannot hide lost core
@@ -281,28 +338,52 @@ def _domain_of_clock_net(net, constraint_mhz, required_mhz):
     return matches[0] if len(matches) == 1 else net
 
 
-def _parse_report(report_path, required_mhz):
+def _clock_nets_by_bit(netlist_path, top, clock_nets):
+    """``{net name: domain}`` for every name the synthesised netlist (yosys
+    JSON) gives the bit of each domain's kept clock wire (``clock_nets``:
+    ``{domain: wire name}``). nextpnr names a clock net after one of them."""
+    netnames = json.loads(Path(netlist_path).read_text())["modules"][top]["netnames"]
+    domain_of_bit = {}
+    for domain, wire in clock_nets.items():
+        if wire in netnames:
+            domain_of_bit[tuple(netnames[wire]["bits"])] = domain
+    return {name: domain_of_bit[tuple(entry["bits"])] for name, entry in netnames.items()
+            if tuple(entry["bits"]) in domain_of_bit}
+
+
+def _parse_report(report_path, required_mhz, net_domains=None):
+    """``(fmax, clock_nets, utilisation)`` from nextpnr's ``--report`` JSON:
+    ``fmax`` per domain (the lowest over its nets), the nets behind each."""
     report = json.loads(Path(report_path).read_text())
-    fmax = {}
+    net_domains = net_domains or {}
+    fmax, nets = {}, {}
     for net, entry in report.get("fmax", {}).items():
-        domain = _domain_of_clock_net(net, entry["constraint"], required_mhz)
+        base = net[len(_GLOBAL_NET_PREFIX):] if net.startswith(_GLOBAL_NET_PREFIX) else net
+        domain = net_domains.get(base) or _domain_of_clock_net(net, entry["constraint"],
+                                                                required_mhz)
         fmax[domain] = min(fmax.get(domain, float("inf")), round(entry["achieved"], 2))
+        nets.setdefault(domain, []).append(net)
     utilisation = {cell: [entry["used"], entry["available"]]
                    for cell, entry in report.get("utilization", {}).items()}
-    return fmax, utilisation
+    return fmax, nets, utilisation
 
 
 def build(params=None, out_dir="build/versa", progress=print, *, check=True):
     """Build the Versa bitstream; return timing, utilisation and the bitstream path.
 
     ``params`` is a ``CoreParams`` (default: its defaults). With ``check``,
-    also synthesises the core alone (into ``out_dir/core``) and raises
-    `CoverageError` if the board build visibly lost part of it.
+    also synthesises the core alone (into ``out_dir/core``) and the MAC alone
+    (``out_dir/mac``) and raises `CoverageError` if the board build visibly
+    lost part of them.
 
     Returns ``{"fmax_mhz": {domain: MHz}, "required_mhz": {domain: MHz},
-    "timing_met": bool, "utilisation": {cell: [used, total]},
-    "bitstream": path, "board_cells": {...}, "core_cells": {...},
-    "coverage": {...}, "seconds": {step: s}}``.
+    "timing_met": bool, "domains": {domain: {"required_mhz", "fmax_mhz", "met",
+    "nets"}}, "utilisation": {cell: [used, total]}, "bitstream": path,
+    "board_cells": {...}, "core_cells": {...}, "mac_cells": {...},
+    "coverage": {metric: {"board", "core", "ratio"}}, "seconds": {step: s}}``.
+    ``timing_met`` needs every domain of ``required_mhz`` reported and met;
+    ``coverage``'s ``core`` is the reference, core-only plus MAC-only cells.
+    The result is also written to ``out_dir/result.json``.
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -312,21 +393,24 @@ def build(params=None, out_dir="build/versa", progress=print, *, check=True):
     start = time.monotonic()
     # Converting the core to RTLIL is the slowest step (minutes, pure Python) and
     # the coverage check needs it twice (board, core alone): run the core-only
-    # synthesis in a second process, in parallel with the board flow.
+    # (then the MAC-only) synthesis in a second process, in parallel with the
+    # board flow.
     core_job = None
     if check:
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        core_job = pool.submit(_synth_core_quietly, params, out / CORE_NAME)
+        core_job = pool.submit(_synth_references_quietly, params, out)
         pool.shutdown(wait=False)
-        progress(f"[core] core-only synthesis started in a worker process -> {out / CORE_NAME}")
+        progress(f"[core] core-only and MAC-only synthesis started in a worker process "
+                 f"-> {out / CORE_NAME}, {out / MAC_NAME}")
     progress(f"[elaborate] VersaTop {params!r}")
     top = VersaTop(params)
     platform = VersaPlatform()
     with _heartbeat("elaborate", progress):
         plan = platform.build(
             top, name=DESIGN_NAME, do_build=False,
-            nextpnr_opts=["--report", REPORT_FILE],
+            # report fmax even when timing fails; `build` judges each domain
+            nextpnr_opts=["--report", REPORT_FILE, "--timing-allow-fail"],
             script_after_synth=f"tee -q -o {BOARD_STAT_FILE} stat -json",
         )
         plan.extract(str(out))
@@ -343,13 +427,19 @@ def build(params=None, out_dir="build/versa", progress=print, *, check=True):
                                         tool_log=_tool_log(argv)), 1)
 
     required_mhz = {domain: hz / 1e6 for domain, hz in top.clock_frequencies.items()}
-    fmax, utilisation = _parse_report(out / REPORT_FILE, required_mhz)
-    timing_met = (set(fmax) >= set(required_mhz) and
-                  all(fmax[d] >= mhz for d, mhz in required_mhz.items()))
+    net_domains = _clock_nets_by_bit(out / NETLIST_FILE, DESIGN_NAME,
+                                     getattr(top, "clock_nets", {}))
+    fmax, clock_nets, utilisation = _parse_report(out / REPORT_FILE, required_mhz, net_domains)
+    domains = {domain: {"required_mhz": mhz, "fmax_mhz": fmax.get(domain),
+                        "met": fmax.get(domain) is not None and fmax[domain] >= mhz,
+                        "nets": clock_nets.get(domain, [])}
+               for domain, mhz in required_mhz.items()}
+    timing_met = all(entry["met"] for entry in domains.values())
     result = {
         "fmax_mhz": fmax,
         "required_mhz": required_mhz,
         "timing_met": timing_met,
+        "domains": domains,
         "utilisation": utilisation,
         "bitstream": str(out / f"{DESIGN_NAME}.bit"),
         "board_cells": _cell_counts(out / BOARD_STAT_FILE, DESIGN_NAME),
@@ -357,30 +447,37 @@ def build(params=None, out_dir="build/versa", progress=print, *, check=True):
     if core_job is not None:
         waited = time.monotonic()
         if not core_job.done():
-            progress("[core] waiting for the core-only synthesis")
+            progress("[core] waiting for the core-only and MAC-only synthesis")
         while not core_job.done():
             time.sleep(_POLL_S)
             if time.monotonic() - waited >= HEARTBEAT_S:
                 waited = time.monotonic()
                 progress(f"[core] still running, {waited - start:.0f} s since start")
-        core_cells, core_seconds = core_job.result()
+        core_cells, mac_cells, core_seconds = core_job.result()
         seconds.update(core_seconds)
-        progress(f"[core] done: {core_cells}")
+        progress(f"[core] done: core {core_cells}; MAC {mac_cells}")
         result["core_cells"] = core_cells
-        result["coverage"] = check_coverage(result["board_cells"], core_cells,
+        result["mac_cells"] = mac_cells
+        result["coverage"] = check_coverage(result["board_cells"],
+                                            _add_cells(core_cells, mac_cells),
                                             harness_flops=top.harness_flops)
     seconds["total"] = round(time.monotonic() - start, 1)
     result["seconds"] = seconds
+    (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def _format_table(result):
-    lines = ["clock domain   required MHz   fmax MHz   met"]
+    lines = ["clock domain   required MHz   fmax MHz   met   clock net (nextpnr)"]
     for domain, required in result["required_mhz"].items():
         achieved = result["fmax_mhz"].get(domain)
         met = achieved is not None and achieved >= required
+        nets = ", ".join(result.get("domains", {}).get(domain, {}).get("nets", [])) or "-"
         lines.append(f"{domain:<14} {required:>12.2f}   {achieved if achieved is not None else '-':>8}"
-                     f"   {'yes' if met else 'NO'}")
+                     f"   {'yes' if met else 'NO ':<3}   {nets}")
+    unknown = sorted(set(result["fmax_mhz"]) - set(result["required_mhz"]))
+    for net in unknown:
+        lines.append(f"{net:<14} {'?':>12}   {result['fmax_mhz'][net]:>8}   (not a known domain)")
     lines.append(f"timing met: {result['timing_met']}")
     lines.append("")
     lines.append("cell            used    total    %")
@@ -389,9 +486,9 @@ def _format_table(result):
             lines.append(f"{cell:<14} {used:>5} {total:>8} {100 * used / total:5.1f}")
     if "coverage" in result:
         lines.append("")
-        lines.append("coverage (yosys cells)   board    core   ratio")
+        lines.append("coverage (yosys cells)   board  core+MAC   ratio")
         for name, entry in result["coverage"].items():
-            lines.append(f"{name:<22} {entry['board']:>7} {entry['core']:>7}   {entry['ratio']:.3f}")
+            lines.append(f"{name:<22} {entry['board']:>7} {entry['core']:>9}   {entry['ratio']:.3f}")
     lines.append("")
     lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
     lines.append(f"bitstream: {result['bitstream']}")

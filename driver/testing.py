@@ -24,9 +24,23 @@ without gateware or simulator:
   writes avail_event under EVENT_IDX; without EVENT_IDX it sets and clears
   NO_NOTIFY only if `use_no_notify` (a simple device may never set it);
 - the wire: frames the device transmits are appended to `tx_frames`, their
-  virtio_net_hdr checked and removed; `inject_rx(frame)` writes a frame into
-  receive queue 0 (over as many buffers as needed with MRG_RXBUF, counted in
-  num_buffers) or drops and counts it when no buffer fits;
+  virtio_net_hdr checked and removed; `inject_rx(frame, pair)` writes a frame
+  into a receive queue (over as many buffers as needed with MRG_RXBUF,
+  counted in num_buffers) or drops and counts it when no buffer fits;
+  `wire_rx(frame)` first applies the receive filter and steering of the
+  control-queue model;
+- the control virtqueue (section 5.1.6.5): command buffers are read from the
+  ring and handed to `ctrl`, a `ControlQueueModel` (driver/testing_ctrl.py,
+  whose docstring lists the rules); the ack is written back and the buffer
+  used, inside the notification unless `ctrl_autoprocess` is False (then
+  `process_ctrl()`). The model keeps the filters, tables, VLANs, default MAC,
+  ANNOUNCE bit and the queue pairs in use. The device refuses (as a protocol
+  error) a transmit buffer on a queue pair not in use: before VQ_PAIRS_SET
+  only transmitq1, and after a VQ_PAIRS_SET that removed a pair, nothing
+  made available there after the command (section 5.1.6.5.5.1);
+- configuration changes: `set_link(up)` and `request_announce()` change
+  `status`, bump config_generation and send a configuration change
+  notification (the config MSI-X vector, or the ISR CONFIG bit);
 - interrupts: one MSI-X message per used buffer notification, counted per
   vector in `msix_counts`, and left pending (one bit per vector, like a CPU's
   interrupt request register) until `wait_interrupt` takes it; without a
@@ -47,8 +61,8 @@ wrong width, a status bit cleared without reset, a queue reprogrammed while
 enabled, a malformed descriptor chain, a device access outside the
 mappings...) raise FakeDeviceProtocolError and are kept in `protocol_errors`.
 The ring engine runs inside the driver's notification or the test's
-inject_rx/process_tx call, so its errors surface there. Not modelled: the PCI
-configuration access window, the control queue, MSI-X masking.
+inject_rx/process_tx/process_ctrl call, so its errors surface there. Not
+modelled: the PCI configuration access window, MSI-X masking.
 """
 from __future__ import annotations
 
@@ -64,6 +78,7 @@ from hdl.spec import VirtioCommonCfg as Common
 from hdl.spec import VirtioF, VirtioNetCfg, VirtioNetF, VirtioPciCap, VirtioPciCapType
 from hdl.spec import VirtioStatus, VirtqAvailF, VirtqDescF, VirtqUsedF, vring_need_event
 
+from .testing_ctrl import MAC_TABLE_ENTRIES, ControlQueueModel
 from .transport import (CONFIG_ACCESS_SIZES, MMIO_ACCESS_SIZES, DmaDirection, Transport,
                         TransportError)
 
@@ -159,7 +174,9 @@ class FakeVirtioNetDevice(Transport):
                  queue_max_size: int = 256, num_queues: int | None = None,
                  msix_vectors: int = 0, refuse_features_ok: bool = False,
                  device_id: int = spec.VIRTIO_NET_PCI_DEVICE_ID, ring_start_index: int = 0,
-                 tx_autoprocess: bool = True, use_no_notify: bool = False) -> None:
+                 tx_autoprocess: bool = True, use_no_notify: bool = False,
+                 ctrl_autoprocess: bool = True, mac_table_entries: int = MAC_TABLE_ENTRIES,
+                 follow_tx_flows: bool = False) -> None:
         self.features = features
         self.mac = mac
         self.mtu = mtu
@@ -174,14 +191,27 @@ class FakeVirtioNetDevice(Transport):
         self.ring_start_index = ring_start_index
         self.tx_autoprocess = tx_autoprocess
         self.use_no_notify = use_no_notify
+        self.ctrl_autoprocess = ctrl_autoprocess
+        self.ctrl = ControlQueueModel(max_pairs=max_pairs, mac=mac,
+                                      mac_table_entries=mac_table_entries,
+                                      follow_tx_flows=follow_tx_flows)
+        # transmit queue index -> avail idx up to which it may still be used,
+        # for queue pairs not in use (section 5.1.6.5.5.1)
+        self._tx_limit: dict[int, int] = {}
 
         # The wire and the ring engine's counters.
         self.tx_frames: list[bytes] = []
+        self.tx_pairs: list[int] = []       # the queue pair each of tx_frames left on
         self.rx_delivered = 0
         self.rx_dropped_no_buffer = 0
         self.rx_dropped_too_big = 0
-        self.indirect_buffers = 0           # buffers read through an indirect table
-        self.chained_buffers = 0            # buffers of more than one direct descriptor
+        self.rx_filtered = 0                # dropped by the receive filter (wire_rx)
+        self.rx_per_pair: collections.Counter[int] = collections.Counter()
+        self.config_notifications = 0       # configuration change notifications sent
+        # each control buffer's segments as (length, device-writable)
+        self.ctrl_buffers: list[tuple[tuple[int, bool], ...]] = []
+        self.indirect_buffers = 0           # data buffers read through an indirect table
+        self.chained_buffers = 0            # data buffers of more than one direct descriptor
 
         # Interrupts: messages per vector, pending bits, waiting coroutines.
         self.msix_counts: collections.Counter[int] = collections.Counter()
@@ -293,6 +323,9 @@ class FakeVirtioNetDevice(Transport):
         self.isr = 0
         for q in self.queues:
             q.reset(self.ring_start_index)
+        self.ctrl.reset()
+        self._tx_limit = {spec.tx_queue_index(pair): self.ring_start_index
+                          for pair in range(1, self.max_pairs)}
 
     def _violation(self, message: str) -> None:
         self.protocol_errors.append(message)
@@ -478,6 +511,8 @@ class FakeVirtioNetDevice(Transport):
         if new & VirtioStatus.DRIVER_OK and not new & VirtioStatus.FEATURES_OK:
             self._violation("DRIVER_OK set without FEATURES_OK")
         self.status = new
+        if new & VirtioStatus.FEATURES_OK:
+            self.ctrl.features = self.driver_features
         if new & VirtioStatus.DRIVER_OK and not old & VirtioStatus.DRIVER_OK:
             for q in self.queues:
                 if q.enable:
@@ -490,8 +525,13 @@ class FakeVirtioNetDevice(Transport):
         def put(offset: int, size: int, value: int) -> None:
             image[offset:offset + size] = value.to_bytes(size, "little")
 
-        image[VirtioNetCfg.MAC:VirtioNetCfg.MAC + spec.ETH_ALEN] = self.mac
-        put(VirtioNetCfg.STATUS, 2, int(spec.VirtioNetS.LINK_UP) if self.link_up else 0)
+        image[VirtioNetCfg.MAC:VirtioNetCfg.MAC + spec.ETH_ALEN] = self.ctrl.mac
+        status = spec.VirtioNetS(0)
+        if self.link_up:
+            status |= spec.VirtioNetS.LINK_UP
+        if self.ctrl.announce:
+            status |= spec.VirtioNetS.ANNOUNCE
+        put(VirtioNetCfg.STATUS, 2, int(status))
         put(VirtioNetCfg.MAX_VIRTQUEUE_PAIRS, 2, self.max_pairs)
         put(VirtioNetCfg.MTU, 2, self.mtu)
         put(VirtioNetCfg.SPEED, 4, SPEED_UNKNOWN)
@@ -640,7 +680,7 @@ class FakeVirtioNetDevice(Transport):
         return bool(self.driver_features & feature)
 
     def _queue_role(self, index: int) -> str:
-        if self._negotiated(VirtioNetF.CTRL_VQ) and index == 2 * self.max_pairs:
+        if self._negotiated(VirtioNetF.CTRL_VQ) and index == self.ctrl_queue_index:
             return "ctrl"
         return "rx" if index % 2 == 0 else "tx"
 
@@ -655,12 +695,17 @@ class FakeVirtioNetDevice(Transport):
             self._violation(f"notification of queue {index}, which is not enabled")
         q = self.queues[index]
         q.kicks += 1
-        if self._queue_role(index) == "tx":
-            if self.tx_autoprocess:
-                self._process_tx_queue(index)
-            else:
-                q.pending = True
-                self._disable_notifications(q)
+        role = self._queue_role(index)
+        autoprocess = {"tx": self.tx_autoprocess, "ctrl": self.ctrl_autoprocess}.get(role)
+        if autoprocess is None:
+            return
+        if not autoprocess:
+            q.pending = True
+            self._disable_notifications(q)
+        elif role == "tx":
+            self._process_tx_queue(index)
+        else:
+            self.process_ctrl()
 
     def _enable_notifications(self, q: FakeQueue) -> None:
         """Ask for a notification on the next available buffer (section 2.7.10)."""
@@ -694,8 +739,9 @@ class FakeVirtioNetDevice(Transport):
                             f"descriptor index (queue size {q.size})")
         return head
 
-    def _read_chain(self, q: FakeQueue, head: int) -> list[Segment]:
-        """The descriptors of one buffer, direct or indirect (sections 2.7.5, 2.7.5.3)."""
+    def _read_chain(self, q: FakeQueue, head: int, *, count: bool = True) -> list[Segment]:
+        """The descriptors of one buffer, direct or indirect (sections 2.7.5, 2.7.5.3).
+        `count`: in indirect_buffers / chained_buffers (data buffers only)."""
         index = self.queues.index(q)
         table, table_size, i = q.desc, q.size, head
         indirect = False
@@ -709,7 +755,7 @@ class FakeVirtioNetDevice(Transport):
             if flags & VirtqDescF.INDIRECT:
                 table, table_size = self._enter_indirect(index, indirect, addr, length, flags)
                 indirect, i = True, 0
-                self.indirect_buffers += 1
+                self.indirect_buffers += count
                 continue
             if segments and segments[-1].writable and not flags & VirtqDescF.WRITE:
                 self._violation(f"queue {index}: device-readable descriptor after a writable "
@@ -721,7 +767,7 @@ class FakeVirtioNetDevice(Transport):
                 break
             i = next_
         if not indirect and len(segments) > 1:
-            self.chained_buffers += 1
+            self.chained_buffers += count
         return segments
 
     def _enter_indirect(self, index: int, nested: bool, addr: int, length: int,
@@ -786,10 +832,19 @@ class FakeVirtioNetDevice(Transport):
         if not self._running(q):
             return 0
         pending = self._avail_pending(q)
+        limit = self._tx_limit.get(index)
+        if limit is not None and pending > (limit - q.last_avail_idx) & IDX_MASK:
+            self._violation(
+                f"queue {index}: transmit buffer made available on queue pair {index // 2}, "
+                f"not in use ({self.ctrl.pairs} pair(s) since the last VQ_PAIRS_SET, 1 "
+                f"before it; section 5.1.6.5.5.1)")
         elems = []
         for nth in range(pending):
             head = self._avail_head(q, nth)
-            self.tx_frames.append(self._transmit(index, self._read_chain(q, head)))
+            frame = self._transmit(index, self._read_chain(q, head))
+            self.tx_frames.append(frame)
+            self.tx_pairs.append(index // 2)
+            self.ctrl.transmitted(frame, index // 2)
             elems.append((head, 0))                # the device wrote nothing
         q.last_avail_idx = (q.last_avail_idx + pending) & IDX_MASK
         if elems:
@@ -829,6 +884,9 @@ class FakeVirtioNetDevice(Transport):
         drop when the queue is not running or has no (big enough) buffer.
         `num_buffers` overrides the header field (tests of driver checks).
         """
+        if not 0 <= pair < self.ctrl.pairs:
+            raise ValueError(f"receiveq{pair + 1}: the device uses only {self.ctrl.pairs} "
+                             f"queue pair(s) (section 5.1.6.5.5.1)")
         q = self.queues[spec.rx_queue_index(pair)]
         if not self._running(q):
             self.rx_dropped_no_buffer += 1
@@ -849,7 +907,17 @@ class FakeVirtioNetDevice(Transport):
         else:
             self._enable_notifications(q)                # out of buffers: tell me
         self.rx_delivered += 1
+        self.rx_per_pair[pair] += 1
         return True
+
+    def wire_rx(self, frame: bytes) -> bool:
+        """A frame from the wire: the receive filter, then steering to a receive
+        queue in use, then inject_rx (testing_ctrl rules 5 and 6). False if
+        filtered (counted in `rx_filtered`) or dropped for want of a buffer."""
+        if not self.ctrl.accepts(frame):
+            self.rx_filtered += 1
+            return False
+        return self.inject_rx(frame, self.ctrl.rx_queue(frame))
 
     def _rx_buffers(self, q: FakeQueue,
                     packet_len: int) -> list[tuple[int, list[Segment]]] | None:
@@ -892,3 +960,93 @@ class FakeVirtioNetDevice(Transport):
                 written += len(chunk)
             elems.append((head, written))
         return elems
+
+    # --- control virtqueue (section 5.1.6.5) ------------------------------------------------
+
+    @property
+    def ctrl_queue_index(self) -> int:
+        """controlq after the pairs (section 5.1.2); a max_pairs out of range
+        (a broken device) lays the queues out as one pair, as drivers do."""
+        return spec.virtqueue_pairs_to_queues(max(1, self.max_pairs)) - 1
+
+    def process_ctrl(self) -> int:
+        """Answer every command buffer the driver made available on the control
+        queue (testing_ctrl rules 1-3). Returns how many. Called by the
+        notification unless ctrl_autoprocess is False."""
+        index = self.ctrl_queue_index
+        if not self._negotiated(VirtioNetF.CTRL_VQ) or index >= len(self.queues):
+            return 0
+        q = self.queues[index]
+        if not self._running(q):
+            return 0
+        pending = self._avail_pending(q)
+        for _ in range(pending):
+            head = self._avail_head(q)             # last_avail_idx moves per buffer
+            segments = self._read_chain(q, head, count=False)
+            self.ctrl_buffers.append(tuple((seg.len, seg.writable) for seg in segments))
+            out = b"".join(self._dev_read(seg.addr, seg.len, "control command")
+                           for seg in segments if not seg.writable)
+            writable = [seg for seg in segments if seg.writable]
+            before = (self.ctrl.pairs, self.ctrl.mac, self.ctrl.announce)
+            result = self.ctrl.handle(out, sum(seg.len for seg in writable))
+            if result.ack is not None:
+                self._dev_write(writable[0].addr, bytes([result.ack]), "control ack")
+            if self.ctrl.pairs != before[0]:
+                self._pairs_changed()
+            if (self.ctrl.mac, self.ctrl.announce) != before[1:]:
+                # mac or status changed in config space, at the driver's request:
+                # a new generation, no notification
+                self.config_generation = (self.config_generation + 1) & 0xFF
+            # one buffer at a time: its effect is visible before the next is read
+            self._push_used(q, [(head, result.used_len)])
+            q.last_avail_idx = (q.last_avail_idx + 1) & IDX_MASK
+        q.pending = False
+        self._enable_notifications(q)
+        return pending
+
+    def _pairs_changed(self) -> None:
+        """After VQ_PAIRS_SET: transmit queues of pairs no longer in use may still
+        hold what was made available before the command, nothing more."""
+        for pair in range(1, self.max_pairs):
+            index = spec.tx_queue_index(pair)
+            if pair < self.ctrl.pairs:
+                self._tx_limit.pop(index, None)
+            elif index not in self._tx_limit:
+                q = self.queues[index]
+                self._tx_limit[index] = self._dev_read16(
+                    q.driver + spec.VIRTQ_IDX_OFFSET, "avail idx") if q.enable \
+                    else q.last_avail_idx
+
+    # --- configuration changes (sections 4.1.5.3, 5.1.4) ------------------------------------
+
+    def set_link(self, up: bool) -> None:
+        """The link goes up or down: status LINK_UP changes and the driver is told."""
+        if self.link_up == up:
+            return
+        self.link_up = up
+        self._config_changed()
+
+    def request_announce(self) -> bool:
+        """Ask the driver for gratuitous packets (section 5.1.6.5.4): set ANNOUNCE
+        and notify. Only with GUEST_ANNOUNCE negotiated; returns whether it did."""
+        if not self._negotiated(VirtioNetF.GUEST_ANNOUNCE):
+            return False
+        self.ctrl.announce = True
+        self._config_changed()
+        return True
+
+    def _config_changed(self) -> None:
+        self.config_generation = (self.config_generation + 1) & 0xFF
+        if not self.status & VirtioStatus.DRIVER_OK:
+            return
+        self.config_notifications += 1
+        if self.config_msix_vector != spec.VIRTIO_MSI_NO_VECTOR:
+            self._raise_msix(self.config_msix_vector)
+        else:
+            self.isr |= spec.VirtioIsr.CONFIG
+
+    # --- time ---------------------------------------------------------------------------------
+
+    async def delay(self, ns: int) -> None:
+        """Let `ns` nanoseconds of wall-clock time pass (other tasks run meanwhile)."""
+        await asyncio.sleep(ns / 1e9)

@@ -110,6 +110,18 @@ class Transport(abc.ABC):
     async def wait_interrupt(self, vector: int, timeout_ns: int) -> None:
         """Wait for MSI-X `vector`; raise TimeoutError after `timeout_ns`."""
 
+    # --- time (optional) --------------------------------------------------------
+
+    async def delay(self, ns: int) -> None:
+        """Let `ns` nanoseconds pass on the transport's clock (wall-clock time for
+        a model, simulated time for a simulator), letting the device run.
+
+        Optional: the driver uses it to pace its polling of the control queue
+        (Linux's cpu_relax loop). A transport without it raises
+        NotImplementedError and the driver polls back to back instead.
+        """
+        raise NotImplementedError
+
 
 class Region:
     """A window [offset, offset + length) of a BAR, accessed through a Transport."""

@@ -60,6 +60,11 @@ class VirtioPciError(Exception):
     """The PCI function is not a usable modern virtio device, or misbehaves."""
 
 
+class VirtioPciVectorError(VirtioPciError):
+    """The device could not map an MSI-X vector (it reads back NO_VECTOR,
+    section 4.1.5.1.2.1): the driver may try again with fewer vectors."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VirtioCapability:
     """One struct virtio_pci_cap found in configuration space (section 4.1.4)."""
@@ -337,7 +342,7 @@ class VirtioPciModernDevice:
         readback = await self.common.read16(Common.QUEUE_MSIX_VECTOR)
         if readback != msix_vector:
             if msix_vector != spec.VIRTIO_MSI_NO_VECTOR and readback == spec.VIRTIO_MSI_NO_VECTOR:
-                raise VirtioPciError(
+                raise VirtioPciVectorError(
                     f"queue {index}: the device could not map MSI-X vector {msix_vector} "
                     f"(queue_msix_vector reads back NO_VECTOR)")
             raise VirtioPciError(
@@ -373,6 +378,10 @@ class VirtioPciModernDevice:
         await self.common.write16(Common.CONFIG_MSIX_VECTOR, vector)
         readback = await self.common.read16(Common.CONFIG_MSIX_VECTOR)
         if readback != vector:
+            if vector != spec.VIRTIO_MSI_NO_VECTOR and readback == spec.VIRTIO_MSI_NO_VECTOR:
+                raise VirtioPciVectorError(
+                    f"the device could not map MSI-X vector {vector} for configuration "
+                    f"changes (config_msix_vector reads back NO_VECTOR)")
             raise VirtioPciError(
                 f"config_msix_vector reads back {readback:#06x}, {vector:#06x} was written")
 

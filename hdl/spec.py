@@ -472,6 +472,7 @@ class StatsDrop(enum.IntEnum):
     RX_BUFFER_TOO_SMALL = 3    # the posted chain could not hold it (returned empty)
     TX_TOO_SHORT = 4
     TX_TOO_LONG = 5
+    RX_FILTERED = 6            # refused by the receive filter (CTRL_RX, MAC table, VLAN)
 
 
 class StatsQueue(enum.IntEnum):
@@ -479,3 +480,135 @@ class StatsQueue(enum.IntEnum):
     PACKETS = 0
     BYTES = 1
     DROPS = 2
+
+
+# --- virtio-net control virtqueue (virtio 1.2 section 5.1.6.5) ----------------
+# A command is struct virtio_net_ctrl: u8 class, u8 command, data, then u8 ack
+# written by the device. Used by driver/ and by the fake device's control-queue
+# model (driver/testing_ctrl.py), the reference for the gateware's engine.
+
+class VirtioNetCtrlClass(enum.IntEnum):
+    """struct virtio_net_ctrl class."""
+    RX = 0                  # 5.1.6.5.1 packet receive filtering
+    MAC = 1                 # 5.1.6.5.2 MAC address filtering
+    VLAN = 2                # 5.1.6.5.3 VLAN filtering
+    ANNOUNCE = 3            # 5.1.6.5.4 gratuitous packet sending
+    MQ = 4                  # 5.1.6.5.5 multiqueue
+    GUEST_OFFLOADS = 5      # 5.1.6.5.6.1 offloads state configuration
+
+
+class VirtioNetCtrlRx(enum.IntEnum):
+    """VIRTIO_NET_CTRL_RX commands; data: u8 0 (off) or 1 (on)."""
+    PROMISC = 0             # needs CTRL_RX
+    ALLMULTI = 1            # needs CTRL_RX
+    ALLUNI = 2              # needs CTRL_RX_EXTRA (and the three below)
+    NOMULTI = 3
+    NOUNI = 4
+    NOBCAST = 5
+
+
+class VirtioNetCtrlMac(enum.IntEnum):
+    """VIRTIO_NET_CTRL_MAC commands."""
+    TABLE_SET = 0           # le32 n, n unicast MACs, le32 m, m multicast MACs
+    ADDR_SET = 1            # 6-byte MAC (needs CTRL_MAC_ADDR)
+
+
+class VirtioNetCtrlVlan(enum.IntEnum):
+    """VIRTIO_NET_CTRL_VLAN commands; data: le16 VLAN id."""
+    ADD = 0
+    DEL = 1
+
+
+class VirtioNetCtrlAnnounce(enum.IntEnum):
+    """VIRTIO_NET_CTRL_ANNOUNCE commands; no data."""
+    ACK = 0
+
+
+class VirtioNetCtrlMq(enum.IntEnum):
+    """VIRTIO_NET_CTRL_MQ commands."""
+    VQ_PAIRS_SET = 0        # le16 virtqueue_pairs (needs MQ)
+    RSS_CONFIG = 1          # struct virtio_net_rss_config (needs RSS)
+    HASH_CONFIG = 2         # struct virtio_net_hash_config (needs HASH_REPORT)
+
+
+class VirtioNetCtrlGuestOffloads(enum.IntEnum):
+    """VIRTIO_NET_CTRL_GUEST_OFFLOADS commands; data: le64 offloads."""
+    SET = 0
+
+
+class VirtioNetCtrlAck(enum.IntEnum):
+    """The ack byte."""
+    OK = 0
+    ERR = 1
+
+
+VIRTIO_NET_OK = VirtioNetCtrlAck.OK
+VIRTIO_NET_ERR = VirtioNetCtrlAck.ERR
+
+VIRTIO_NET_CTRL_HDR_SIZE = 2          # class, command
+VIRTIO_NET_CTRL_ACK_SIZE = 1
+VIRTIO_NET_CTRL_RX_DATA_SIZE = 1      # u8 on/off
+VIRTIO_NET_CTRL_MAC_ENTRIES_SIZE = 4  # le32 entries, in front of each MAC table
+VIRTIO_NET_CTRL_VLAN_DATA_SIZE = 2    # le16 vid
+VIRTIO_NET_CTRL_MQ_DATA_SIZE = 2      # le16 virtqueue_pairs
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN = 1
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX = 0x8000
+VLAN_N_VID = 4096                     # VLAN ids are 12 bits (IEEE 802.1Q)
+
+# The feature each command needs negotiated (5.1.6.5.1-5.1.6.5.6). ADDR_SET is
+# listed with CTRL_MAC_ADDR alone, as Linux and QEMU treat it, although
+# 5.1.6.5.2.2 also forbids MAC class commands without CTRL_RX.
+VIRTIO_NET_CTRL_FEATURE: dict[tuple[int, int], VirtioNetF] = {
+    (VirtioNetCtrlClass.RX, VirtioNetCtrlRx.PROMISC): VirtioNetF.CTRL_RX,
+    (VirtioNetCtrlClass.RX, VirtioNetCtrlRx.ALLMULTI): VirtioNetF.CTRL_RX,
+    (VirtioNetCtrlClass.RX, VirtioNetCtrlRx.ALLUNI): VirtioNetF.CTRL_RX_EXTRA,
+    (VirtioNetCtrlClass.RX, VirtioNetCtrlRx.NOMULTI): VirtioNetF.CTRL_RX_EXTRA,
+    (VirtioNetCtrlClass.RX, VirtioNetCtrlRx.NOUNI): VirtioNetF.CTRL_RX_EXTRA,
+    (VirtioNetCtrlClass.RX, VirtioNetCtrlRx.NOBCAST): VirtioNetF.CTRL_RX_EXTRA,
+    (VirtioNetCtrlClass.MAC, VirtioNetCtrlMac.TABLE_SET): VirtioNetF.CTRL_RX,
+    (VirtioNetCtrlClass.MAC, VirtioNetCtrlMac.ADDR_SET): VirtioNetF.CTRL_MAC_ADDR,
+    (VirtioNetCtrlClass.VLAN, VirtioNetCtrlVlan.ADD): VirtioNetF.CTRL_VLAN,
+    (VirtioNetCtrlClass.VLAN, VirtioNetCtrlVlan.DEL): VirtioNetF.CTRL_VLAN,
+    (VirtioNetCtrlClass.ANNOUNCE, VirtioNetCtrlAnnounce.ACK): VirtioNetF.GUEST_ANNOUNCE,
+    (VirtioNetCtrlClass.MQ, VirtioNetCtrlMq.VQ_PAIRS_SET): VirtioNetF.MQ,
+    (VirtioNetCtrlClass.MQ, VirtioNetCtrlMq.RSS_CONFIG): VirtioNetF.RSS,
+    (VirtioNetCtrlClass.MQ, VirtioNetCtrlMq.HASH_CONFIG): VirtioNetF.HASH_REPORT,
+    (VirtioNetCtrlClass.GUEST_OFFLOADS, VirtioNetCtrlGuestOffloads.SET):
+        VirtioNetF.CTRL_GUEST_OFFLOADS,
+}
+
+
+# --- hash calculation and RSS (virtio 1.2 sections 5.1.6.4.3, 5.1.6.5.7) ------
+# Used by the RX classifier (hdl/net/rss.py).
+
+class VirtioNetHashType(enum.IntFlag):
+    """'Enabled hash types' / supported_hash_types bits (5.1.6.4.3.1, Supported/
+    enabled hash types): hash_types of virtio_net_rss_config. Linux names them
+    VIRTIO_NET_RSS_HASH_TYPE_*."""
+    IPv4 = 1 << 0
+    TCPv4 = 1 << 1
+    UDPv4 = 1 << 2
+    IPv6 = 1 << 3                 # IPv6 without extension headers
+    TCPv6 = 1 << 4
+    UDPv6 = 1 << 5
+    IP_EX = 1 << 6                # IPv6 with extension headers
+    TCP_EX = 1 << 7
+    UDP_EX = 1 << 8
+
+
+class VirtioNetHashReport(enum.IntEnum):
+    """hash_report values (5.1.6.4.4): VIRTIO_NET_HASH_TYPE_X = 1 << (REPORT_X - 1)."""
+    NONE = 0                      # no hash calculated
+    IPv4 = 1
+    TCPv4 = 2
+    UDPv4 = 3
+    IPv6 = 4
+    TCPv6 = 5
+    UDPv6 = 6
+    IPv6_EX = 7
+    TCPv6_EX = 8
+    UDPv6_EX = 9
+
+
+VIRTIO_NET_RSS_MIN_KEY_SIZE = 40               # rss_max_key_size at least 40 (5.1.4.1)
+VIRTIO_NET_RSS_MIN_INDIRECTION_TABLE = 128     # rss_max_indirection_table_length (5.1.4.1)

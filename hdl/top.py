@@ -36,6 +36,8 @@ from .pcie.dma_read import DmaReader
 from .pcie.dma_write import DmaWriter
 from .pcie.tlp_gate import TlpGate
 from .virtio.virtqueues import Virtqueues
+from .net.ctrl import ControlCommands
+from .net.rx_classifier import RxClassifier
 from .net.counters import STATS_ADDR_WIDTH, DropCounter, QueueCounters
 from .net.device_cfg import DEVICE_CFG_ADDR_WIDTH, NetDeviceConfig
 from .pcie.completer import Completer
@@ -61,7 +63,9 @@ RX_BUFFER_FRAMES = 4       # the RX side holds more: the wire does not wait whil
 def implemented_features():
     """What the gateware really does today; grows as the datapath lands."""
     return (spec.VirtioF.VERSION_1 | spec.VirtioF.EVENT_IDX | spec.VirtioF.INDIRECT_DESC
-            | spec.VirtioNetF.MRG_RXBUF | spec.VirtioNetF.MAC | spec.VirtioNetF.MTU | spec.VirtioNetF.STATUS)
+            | spec.VirtioNetF.MRG_RXBUF | spec.VirtioNetF.CTRL_VQ | spec.VirtioNetF.CTRL_RX
+            | spec.VirtioNetF.CTRL_RX_EXTRA | spec.VirtioNetF.CTRL_VLAN | spec.VirtioNetF.CTRL_MAC_ADDR
+            | spec.VirtioNetF.MQ | spec.VirtioNetF.MAC | spec.VirtioNetF.MTU | spec.VirtioNetF.STATUS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,12 +128,15 @@ class VirtioNetCore(wiring.Component):
         link_up: In(1), the Ethernet link state.
         wire_tx: Out(FrameStreamSignature), frames to the wire.
         wire_rx: In(FrameStreamSignature), frames from the wire.
+        wire_rx_abort: In(1), with wire_rx's last beat: the MAC found the frame
+                 bad (FCS, PHY error); it is dropped (and counted as filtered).
     """
     tlp_rx: In(TlpStreamSignature())
     tlp_tx: Out(TlpStreamSignature())
     link_up: In(1)
     wire_tx: Out(FrameStreamSignature)
     wire_rx: In(FrameStreamSignature)
+    wire_rx_abort: In(1)
 
     def __init__(self, params=CoreParams()):
         self.params = params
@@ -156,6 +163,8 @@ class VirtioNetCore(wiring.Component):
         self.tx_fifo = PacketFifo(depth=params.frame_buffer_dwords(TX_BUFFER_FRAMES),
                                   min_length=spec.ETH_HLEN,
                                   max_length=params.max_frame, backpressure=True)
+        self.ctrl = ControlCommands(max_pairs=params.queue_pairs, default_mac=params.mac)
+        self.rx_classifier = RxClassifier(max_pairs=params.queue_pairs)
         self.rx_fifo = PacketFifo(depth=params.frame_buffer_dwords(RX_BUFFER_FRAMES),
                                   min_length=spec.ETH_HLEN,
                                   max_length=params.max_frame, backpressure=False)
@@ -220,6 +229,9 @@ class VirtioNetCore(wiring.Component):
         m.submodules.tx_sender = tx_sender = ResetInserter(dev_reset)(FrameSender())
         m.submodules.rx_fifo = rx_fifo = ResetInserter(dev_reset)(self.rx_fifo)
         m.submodules.rx_packer = rx_packer = ResetInserter(dev_reset)(BytePacker())
+        m.submodules.ctrl_packer = ctrl_packer = ResetInserter(dev_reset)(BytePacker())
+        m.submodules.ctrl = ctrl = ResetInserter(dev_reset)(self.ctrl)
+        m.submodules.rx_classifier = classifier = ResetInserter(dev_reset)(self.rx_classifier)
 
         connect(m, demux.cpl, dma_read.cpl)
         connect(m, dma_read.tlp, rd_gate.i)
@@ -252,8 +264,36 @@ class VirtioNetCore(wiring.Component):
         connect(m, tx_sender.seg_req, tx_fifo.seg_req)
         connect(m, tx_fifo.seg, tx_sender.seg)
         connect(m, tx_sender.o, wiring.flipped(self.wire_tx))
-        # RX: wire -> frame buffer -> (segments) -> packer -> engine
-        connect(m, wiring.flipped(self.wire_rx), rx_fifo.w)
+        # RX: wire -> classifier -> frame buffer -> (segments) -> packer -> engine
+        connect(m, wiring.flipped(self.wire_rx), classifier.i)
+        m.d.comb += classifier.i_abort.eq(self.wire_rx_abort)
+        connect(m, classifier.o, rx_fifo.w)
+        m.d.comb += [rx_fifo.w_abort.eq(classifier.abort), rx_fifo.w_tag.eq(classifier.tag),
+                     engine.rx_pair.eq(rx_fifo.head_tag)]
+        # the control queue: engine -> packer -> commands -> classifier settings
+        connect(m, engine.cmd, ctrl_packer.i)
+        connect(m, ctrl_packer.o, ctrl.cmd)
+        connect(m, ctrl.ack, engine.ack)
+        vlan_clear = Signal()                # the VLAN table empties after a reset
+        m.d.sync += vlan_clear.eq(dev_reset)
+        negotiated = transport.driver_features
+        m.d.comb += [
+            ctrl.cmd_bad.eq(engine.cmd_bad),
+            ctrl.features.eq(negotiated),
+            classifier.pairs.eq(ctrl.pairs),
+            classifier.steer.eq((negotiated & spec.VirtioNetF.MQ) != 0),
+            classifier.mode.eq(ctrl.mode),
+            classifier.mac.eq(ctrl.mac),
+            classifier.uc_count.eq(ctrl.uc_count),
+            classifier.mc_count.eq(ctrl.mc_count),
+            classifier.vlan_filter_enable.eq((negotiated & spec.VirtioNetF.CTRL_VLAN) != 0),
+            classifier.vlan_clear.eq(vlan_clear),
+            ctrl.vlan_busy.eq(classifier.vlan_clearing | vlan_clear),
+        ]
+        connect(m, ctrl.uc_w, classifier.uc_w)
+        connect(m, ctrl.mc_w, classifier.mc_w)
+        connect(m, ctrl.vlan_w, classifier.vlan_w)
+        connect(m, ctrl.steer_w, classifier.steer_w)
         connect(m, engine.rx_seg_req, rx_fifo.seg_req)
         connect(m, rx_fifo.seg, rx_packer.i)
         connect(m, rx_packer.o, engine.rx_seg)
@@ -277,6 +317,7 @@ class VirtioNetCore(wiring.Component):
             counters.reasons[DropCounter.RX_TOO_SHORT].eq(rx_fifo.dropped[DropReason.TOO_SHORT]),
             counters.reasons[DropCounter.RX_TOO_LONG].eq(rx_fifo.dropped[DropReason.TOO_LONG]),
             counters.reasons[DropCounter.RX_BUFFER_TOO_SMALL].eq(engine.rx_too_big),
+            counters.reasons[DropCounter.RX_FILTERED].eq(rx_fifo.dropped[DropReason.ABORTED]),
             counters.reasons[DropCounter.TX_TOO_SHORT].eq(
                 tx_fifo.dropped[DropReason.TOO_SHORT] | (engine.tx_empty & ~engine.tx_long)),
             counters.reasons[DropCounter.TX_TOO_LONG].eq(
@@ -319,6 +360,8 @@ class VirtioNetCore(wiring.Component):
             completer.window_length.eq(config_space.window_length),
             config_space.ur_detected.eq(completer.ur_detected),
             config_space.poisoned.eq(completer.poisoned),
+            config_space.received_ur.eq(dma_read.received_ur),
+            config_space.received_ca.eq(dma_read.received_ca),
             device_cfg.link_up.eq(self.link_up),
             transport.msix_enable.eq((config_space.msix_control & spec.MsixControl.ENABLE) != 0),
             transport.msix_function_mask.eq(

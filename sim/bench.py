@@ -59,6 +59,17 @@ twice the line rate (full duplex); ``tx_*`` and ``rx_*`` give each direction.
 At 1518 bytes, TX data is 76% efficient on the link (64-byte completions)
 and RX data 86% (128-byte writes), the figures of the design brief.
 
+Queue pairs (``queue_pairs``)
+----------------------------
+A point runs with 1 to max_virtqueue_pairs pairs in use (VQ_PAIRS_SET before
+the point). Each active pair carries its own UDP flow, told apart by its
+source port (`flow_ports`): pair n's flow is the one the device steers to
+receive queue n (Toeplitz hash with the default key, round-robin
+indirection table, as hdl/net/rss.py programs it for plain multiqueue), so
+the same flow leaves on transmitq n and arrives on receiveq n. Rates are
+aggregates over the pairs; ``tx_queue_packets`` / ``rx_queue_packets`` give
+each queue's share of the window.
+
 Host model
 ----------
 The root complex model answers a memory read at once. The bench adds a
@@ -69,13 +80,18 @@ completions at every 64-byte RCB boundary, like x86 hosts
 (``split_on_all_rcb``).
 """
 import dataclasses
+import ipaddress
 import math
+
+from driver.flow import toeplitz_hash
+from hdl.net.rss import INDIRECTION_TABLE_MAX, MICROSOFT_RSS_KEY, mq_indirection_table
 
 __all__ = [
     "LINK_MODEL", "LINKS", "FRAME_SIZES", "DIRECTIONS", "DEFAULT_PACKETS", "QUICK_PACKETS",
     "DEFAULT_READ_LATENCY_NS", "Link", "dma_frame_bytes", "line_rate_pps",
     "tx_link_bytes", "rx_link_bytes", "link_limit_pps", "finish_result",
-    "format_table", "format_latency",
+    "format_table", "format_latency", "FLOW_SRC_IP", "FLOW_DST_IP", "FLOW_DPORT", "FIRST_SPORT",
+    "rx_queue_of", "flow_ports",
 ]
 
 FCS_BYTES = 4
@@ -93,6 +109,14 @@ LINK_MODEL = ("cocotbext-pcie 0.2.16 SimPort, both ends set to the link's speed 
               "every TLP (header + payload + 8 bytes framing) and DLLP (8 bytes) is serialised "
               "per direction at 2 Gb/s (Gen1) or 4 Gb/s (Gen2) per lane after 8b/10b, plus 10 ns "
               "propagation; ACK and UpdateFC DLLPs modelled; no replay, SKP or power states")
+
+# The bench's frames: UDP from FLOW_SRC_IP to FLOW_DST_IP, destination port
+# FLOW_DPORT; each flow has its own source port (FIRST_SPORT for one pair, so
+# one-pair frames are what they always were).
+FLOW_SRC_IP = "10.0.0.2"
+FLOW_DST_IP = "10.0.0.1"
+FLOW_DPORT = 9
+FIRST_SPORT = 9
 
 FRAME_SIZES = (64, 256, 512, 1518)
 DIRECTIONS = ("tx", "rx", "both")
@@ -152,6 +176,31 @@ def link_limit_pps(link, direction, frame_bytes):
     return link.bytes_per_s / per_frame
 
 
+def rx_queue_of(sport, pairs, src=FLOW_SRC_IP, dst=FLOW_DST_IP, dport=FLOW_DPORT):
+    """The receive queue the device steers a UDP/IPv4 flow to with ``pairs``
+    pairs in use: the Toeplitz hash of addresses and ports with the default
+    key, through the round-robin indirection table (hdl/net/rss.py)."""
+    data = (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+            + sport.to_bytes(2, "big") + dport.to_bytes(2, "big"))
+    value = toeplitz_hash(data, MICROSOFT_RSS_KEY)
+    return mq_indirection_table(pairs)[value & (INDIRECTION_TABLE_MAX - 1)]
+
+
+def flow_ports(pairs, first=FIRST_SPORT):
+    """One UDP source port per pair: entry n is the lowest port from ``first``
+    up whose flow the device steers to receive queue n."""
+    ports = [None] * pairs
+    sport = first
+    while None in ports:
+        if sport > 0xFFFF:
+            raise ValueError(f"no source ports cover {pairs} queues")
+        queue = rx_queue_of(sport, pairs)
+        if ports[queue] is None:
+            ports[queue] = sport
+        sport += 1
+    return ports
+
+
 def finish_result(raw):
     """Turn one point's measurement (sim/cocotb_tests/bench.py: packets and
     seconds per direction, TLP counts) into the published row."""
@@ -186,6 +235,9 @@ def finish_result(raw):
     if "rx" in raw:
         row["rx_offered"] = raw["rx"]["offered"]
         row["rx_device_drops"] = raw["rx"]["device_drops"]
+    for d in ("tx", "rx"):
+        if d in raw and "per_queue" in raw[d]:
+            row[f"{d}_queue_packets"] = raw[d]["per_queue"]
     row["frame_errors"] = raw["frame_errors"]
     return row
 
@@ -196,7 +248,7 @@ def _fmt_pct(x):
 
 def format_table(results):
     """The rows as a plain-text table."""
-    head = (f"{'link':7} {'dir':4} {'frame':>5} {'Gb/s':>7} {'Mpps':>7} {'link lim':>8} "
+    head = (f"{'link':7} {'dir':4} {'pairs':>5} {'frame':>5} {'Gb/s':>7} {'Mpps':>7} {'link lim':>8} "
             f"{'1GbE':>7} {'DMA TLP/pkt':>11} {'RX drops':>10} {'both: TX/RX % 1GbE':>19}")
     lines = [head, "-" * len(head)]
     for r in results:
@@ -204,7 +256,8 @@ def format_table(results):
         split = (f"{r['tx_line_rate_pct']:.1f}/{r['rx_line_rate_pct']:.1f}"
                  if r["direction"] == "both" else "")
         lines.append(
-            f"{r['link']:7} {r['direction']:4} {r['frame_bytes']:5d} {r['gbps']:7.3f} "
+            f"{r['link']:7} {r['direction']:4} {r.get('queue_pairs', 1):5d} {r['frame_bytes']:5d} "
+            f"{r['gbps']:7.3f} "
             f"{r['mpps']:7.4f} {_fmt_pct(r['link_limit_pct']):>8} {_fmt_pct(r['line_rate_pct']):>7} "
             f"{r['dma_tlps_per_packet']:11.2f} {drops:>10} {split:>19}".rstrip())
     return "\n".join(lines)

@@ -5,7 +5,8 @@
                                                   a peer on the wire; capture in DIR
     virtio-net-fpga lspci -o FILE [--pairs N]     config space in `lspci -xxx` form
     virtio-net-fpga build [--json] [--out DIR]    bitstream for the ECP5 Versa
-    virtio-net-fpga bench [--json] [--quick]      throughput and latency in simulated time
+    virtio-net-fpga bench [--json] [--quick] [--pairs 1,2,4]
+                                                  throughput and latency in simulated time
 
 Progress goes to stderr; results to stdout. The simulator's own log is kept
 in build/<params>/<job>.log.
@@ -130,6 +131,10 @@ def format_demo(result):
             text += (f", rtt min/avg/max {_us(min(rtts))}/{_us(sum(rtts) / len(rtts))}/"
                      f"{_us(max(rtts))} µs")
         lines.append(text)
+    udp = traffic.get("udp_echo")
+    if udp:
+        lines.append(f"  UDP echo {udp['dst']}: {udp['received']}/{udp['sent']} flows answered "
+                     f"(one source port each, spread over the queue pairs)")
     for q in result["queues"]:
         lines.append(f"queue pair {q['index']}: tx {q['tx_packets']} packets ({q['tx_bytes']} bytes), "
                      f"rx {q['rx_packets']} packets ({q['rx_bytes']} bytes), {q['drops']} drops")
@@ -225,11 +230,14 @@ def cmd_bench(args):
     for link in args.links:
         config = {"link": link, "read_latency_ns": args.read_latency_ns, "rx_load": args.rx_load,
                   "tx_ahead": args.tx_ahead,
-                  "points": [{"direction": d, "frame_bytes": size, "packets": packets, "warmup": warmup}
-                             for size in args.sizes for d in args.directions],
+                  "points": [{"direction": d, "frame_bytes": size, "packets": packets, "warmup": warmup,
+                              "queue_pairs": pairs}
+                             for size in args.sizes for d in args.directions
+                             for pairs in args.bench_pairs],
                   "latency": [] if args.no_latency else list(args.sizes)}
         _progress(f"{link}: {len(config['points'])} points of {packets} frames "
-                  f"(+{warmup} warm-up), host read latency {args.read_latency_ns} ns")
+                  f"(+{warmup} warm-up), {'/'.join(map(str, args.bench_pairs))} queue pair(s), "
+                  f"host read latency {args.read_latency_ns} ns")
         runs.append(_run_bench_link(_params(args), config))
     results = [bench.finish_result(raw) for run in runs for raw in run["points"]]
     latency = [item for run in runs for item in run["latency"]]
@@ -243,6 +251,7 @@ def cmd_bench(args):
         "host_read_latency_ns": args.read_latency_ns,
         "rx_load": args.rx_load,
         "tx_ahead": args.tx_ahead,
+        "queue_pairs": args.bench_pairs,
         "host_rcb_bytes": bench.HOST_RCB,
         "mps_bytes": {run["link"]: 128 << (run["devctl"] >> 5 & 7) for run in runs},
         "mrrs_bytes": {run["link"]: 128 << (run["devctl"] >> 12 & 7) for run in runs},
@@ -310,9 +319,15 @@ def main(argv=None):
                        help="RX frames back to back at 1 GbE line rate, or as fast as the "
                             "core's wire port takes them (32 bits a cycle) (default: %(default)s)")
     bench.add_argument("--tx-ahead", type=int, default=64,
-                       help="TX frames the driver keeps posted ahead of the wire "
-                            "(at most the ring size less 19; default: %(default)s)")
+                       help="TX frames the driver keeps posted ahead of the wire, per transmit "
+                            "queue (at most the ring size less 19; default: %(default)s)")
     bench.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
+    device_pairs = CoreParams().queue_pairs
+    bench.add_argument("--pairs", dest="bench_pairs", metavar="N[,N...]",
+                       type=_csv("queue pairs", list(range(1, device_pairs + 1)), int),
+                       default=[1],
+                       help="queue pairs in use for each point, e.g. 1,2,4 (one flow per pair; "
+                            f"the device has {device_pairs}; default: 1)")
     bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ import dataclasses
 import cocotb
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, SimTimeoutError, with_timeout
-from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum
@@ -34,6 +34,9 @@ ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 ETH_HLEN = 14
 IPPROTO_ICMP = 1
+IPPROTO_UDP = 17
+UDP_ECHO_PORT = 7                  # the echo service (RFC 862)
+UDP_HEADER = 8
 ICMP_ECHOREPLY = 0
 ICMP_ECHO = 8
 ARP_REQUEST = 1
@@ -69,6 +72,8 @@ class Host:
 
     ``arp_cache``: IP -> MAC learnt from ARP requests and replies.
     ``echo_replies``: (src, ident, seq) -> `EchoReply`, the replies received.
+    ``udp_replies``: (src, src port, dst port) -> payload, the UDP echo
+    service's answers received (it answers datagrams to port 7 itself).
     ``counters``: what was received, answered and ignored. ``errors``:
     frames that failed a check, described.
 
@@ -89,6 +94,7 @@ class Host:
         self.clock = clock
         self.arp_cache = {}
         self.echo_replies = {}
+        self.udp_replies = {}
         self.counters = collections.Counter()
         self.errors = []
 
@@ -177,6 +183,8 @@ class Host:
             return []
         if ip.frag or ip.flags.MF:
             return self._error("IPv4 fragment (not reassembled)")
+        if ip.proto == IPPROTO_UDP:
+            return self._udp(eth, ip, packet[ihl:])
         if ip.proto != IPPROTO_ICMP:
             self.counters["ignored"] += 1
             return []
@@ -204,6 +212,32 @@ class Host:
             if key in self.echo_replies:
                 return self._error(f"duplicate echo reply from {ip.src} id {ident} seq {seq}")
             self.echo_replies[key] = EchoReply(ip.src, ident, seq, payload, ip.ttl, self.clock())
+            return []
+        self.counters["ignored"] += 1
+        return []
+
+    def udp_datagram(self, ip, sport, dport, payload):
+        """A UDP datagram to ``ip`` (whose MAC must be in the ARP cache)."""
+        return bytes(Ether(dst=self.arp_cache[ip], src=self.mac, type=ETH_P_IP)
+                     / IP(src=self.ip, dst=ip, ttl=DEFAULT_TTL, flags="DF")
+                     / UDP(sport=sport, dport=dport) / Raw(payload))
+
+    def _udp(self, eth, ip, segment):
+        """Answer the echo service (port 7) by sending the payload back;
+        keep what comes from another host's echo service."""
+        if len(segment) < UDP_HEADER or int.from_bytes(segment[4:6], "big") != len(segment):
+            return self._error(f"UDP datagram of {len(segment)} bytes with length "
+                               f"{int.from_bytes(segment[4:6], 'big') if len(segment) >= 6 else '?'}")
+        udp = UDP(segment)
+        payload = bytes(udp.payload)
+        if udp.dport == UDP_ECHO_PORT:
+            self.counters["udp_echo_requests"] += 1
+            return [bytes(Ether(dst=eth.src.lower(), src=self.mac, type=ETH_P_IP)
+                          / IP(src=self.ip, dst=ip.src, ttl=DEFAULT_TTL, flags="DF")
+                          / UDP(sport=UDP_ECHO_PORT, dport=udp.sport) / Raw(payload))]
+        if udp.sport == UDP_ECHO_PORT:
+            self.counters["udp_echo_replies"] += 1
+            self.udp_replies[(ip.src, udp.sport, udp.dport)] = payload
             return []
         self.counters["ignored"] += 1
         return []

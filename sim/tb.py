@@ -20,7 +20,7 @@ from .wire import FrameSink, FrameSource, PcapRecorder
 
 __all__ = ["TB"]
 
-HOST_MEMORY_BYTES = 1 << 20
+HOST_MEMORY_BYTES = 8 << 20     # rings and buffers of every queue pair (4 x 256 x 1.5 KiB for RX alone)
 # one root port (00:01.0), whose secondary bus 1 holds the DUT
 DUT_ID = PcieId(1, 0, 0)
 RESET_CYCLES = 8

@@ -28,6 +28,28 @@ def test_link_limits_match_the_design_figures():
     assert bench.link_limit_pps(gen1, "tx", 64) == pytest.approx(250e6 / 80)
 
 
+def test_flow_ports_cover_every_queue():
+    """One flow per pair, each steered to its own receive queue; one pair keeps
+    the bench's historical flow (source port 9)."""
+    assert bench.flow_ports(1) == [bench.FIRST_SPORT]
+    for pairs in (2, 3, 4):
+        ports = bench.flow_ports(pairs)
+        assert len(set(ports)) == pairs
+        assert [bench.rx_queue_of(port, pairs) for port in ports] == list(range(pairs))
+
+
+def test_pairs_option_and_table():
+    with pytest.raises(SystemExit):
+        main(["bench", "--pairs", "0"])
+    with pytest.raises(SystemExit):
+        main(["bench", "--pairs", "1,5"])
+    row = {"link": "gen2x1", "direction": "tx", "frame_bytes": 64, "queue_pairs": 4, "gbps": 0.3,
+           "mpps": 0.6, "link_limit_pct": 10.0, "line_rate_pct": 40.0, "dma_tlps_per_packet": 5.5}
+    head, _, line = bench.format_table([row]).splitlines()
+    assert head.split()[:4] == ["link", "dir", "pairs", "frame"]
+    assert line.split()[:4] == ["gen2x1", "tx", "4", "64"]
+
+
 QUICK_POINT = ["--links", "gen2x1", "--directions", "tx", "--sizes", "64",
                "--packets", "32", "--warmup", "16"]
 
@@ -55,3 +77,24 @@ def test_bench_json_is_consistent(capsys):
     kinds = {item["what"] for item in out["latency"]}
     assert "wire_to_interrupt" in kinds and kinds & {"doorbell_to_wire", "publish_to_wire"}
     assert all(item["ns"] > 0 for item in out["latency"])
+
+
+@pytest.mark.system
+def test_bench_two_pairs_json_is_consistent(capsys):
+    """A tiny point with two pairs in use, both directions: each queue carries
+    its flow, in order, and the per-queue counts add up to the window."""
+    assert main(["bench", "--json", "--links", "gen2x1", "--directions", "both", "--sizes", "64",
+                 "--packets", "32", "--warmup", "16", "--pairs", "2", "--no-latency"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["queue_pairs"] == [2] and out["latency"] == []
+    (row,) = out["results"]
+    assert {"link": "gen2x1", "direction": "both", "frame_bytes": 64, "queue_pairs": 2}.items() \
+        <= row.items()
+    assert row["frame_errors"] == 0
+    for d in ("tx", "rx"):
+        per_queue = row[f"{d}_queue_packets"]
+        assert len(per_queue) == 2 and all(n > 0 for n in per_queue), (d, per_queue)
+        assert row[f"{d}_mpps"] > 0
+    assert sum(row["tx_queue_packets"]) + sum(row["rx_queue_packets"]) == row["packets"]
+    assert math.isclose(row["mpps"], row["tx_mpps"] + row["rx_mpps"], rel_tol=1e-4)
+    assert 0 <= row["rx_device_drops"] <= row["rx_offered"]

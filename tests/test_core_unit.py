@@ -192,7 +192,7 @@ def test_features_ok_and_reset():
         S = spec.VirtioStatus
         await write_le(host, common + C.DEVICE_STATUS, 1, S.ACKNOWLEDGE | S.DRIVER)
         # accepting a feature that was not offered: FEATURES_OK refused
-        await set_driver_features(offered | spec.VirtioNetF.MQ)
+        await set_driver_features(offered | spec.VirtioNetF.GUEST_ANNOUNCE)
         await write_le(host, common + C.DEVICE_STATUS, 1, S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK)
         assert await read_le(host, common + C.DEVICE_STATUS, 1) == S.ACKNOWLEDGE | S.DRIVER
         # without VERSION_1: refused too

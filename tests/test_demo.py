@@ -16,8 +16,13 @@ from sim.cli import format_demo, main
 pytestmark = pytest.mark.system
 
 GUEST_PINGS = 5
-# frames each way: ARP request or reply, 5 echo requests or replies, 1 echo request or reply
-FRAMES_EACH_WAY = 1 + GUEST_PINGS + 1
+PAIRS = CoreParams().queue_pairs
+UDP_FLOWS = 4 * PAIRS              # sim/cocotb_tests/apps.py FLOWS_PER_PAIR
+# frames each way: ARP request or reply, 5 echo requests or replies, 1 echo
+# request or reply, a datagram or its echo per UDP flow
+FRAMES_EACH_WAY = 1 + GUEST_PINGS + 1 + UDP_FLOWS
+ETH_IP_UDP = 14 + 20 + 8
+MIN_FRAME = 60                     # the peer pads what it sends to the Ethernet minimum
 QUEUE_KEYS = {"index", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops"}
 # pcapng direction flags, as tshark shows frame.packet_flags_direction
 INBOUND, OUTBOUND = 1, 2          # into the device (wire_rx), out of it (wire_tx)
@@ -41,10 +46,11 @@ def test_demo_json(demo):
     assert result["device"]["bars"][0]["size"] == 0x8000
     assert "VERSION_1" in result["features"] and "MAC" in result["features"]
     assert result["mac"] == ":".join(f"{b:02x}" for b in params.mac)
-    assert result["queue_pairs"] == 1            # MQ is not offered yet
+    assert "MQ" in result["features"] and "CTRL_VQ" in result["features"]
+    assert result["queue_pairs"] == result["max_queue_pairs"] == PAIRS   # all pairs asked for
     assert result["link_up"] is True
     assert result["status"] == ["ACKNOWLEDGE", "DRIVER", "DRIVER_OK", "FEATURES_OK"]
-    assert len(result["virtqueues"]) == 2
+    assert len(result["virtqueues"]) == 2 * PAIRS + 1                  # and the control queue
     assert all(q["size"] == params.queue_size_max for q in result["virtqueues"])
     assert set(result["features"]) <= set(spec.feature_names(params.device_features))
     assert "errors" not in result
@@ -63,18 +69,27 @@ def test_demo_traffic(demo):
     assert traffic["peer_ping"]["sent"] == traffic["peer_ping"]["received"] == 1
     assert traffic["wire_frames"] == {"to_device": FRAMES_EACH_WAY, "from_device": FRAMES_EACH_WAY}
 
+    udp = traffic["udp_echo"]
+    assert udp["sent"] == udp["received"] == UDP_FLOWS
+
     queues = result["queues"]
     assert [q["index"] for q in queues] == list(range(result["queue_pairs"]))
     assert all(set(q) == QUEUE_KEYS for q in queues)
-    pair0 = queues[0]
-    # ARP request, 5 echo requests, the echo reply to the peer; and what came back
-    assert pair0["tx_packets"] == pair0["rx_packets"] == FRAMES_EACH_WAY
+    # every pair carries traffic both ways: flows spread by select_queue (TX)
+    # and by the device's steering (RX)
+    assert all(q["tx_packets"] > 0 and q["rx_packets"] > 0 for q in queues), queues
+    # ARP request, 5 echo requests, the echo reply to the peer, the datagrams;
+    # and what came back
+    assert sum(q["tx_packets"] for q in queues) == sum(q["rx_packets"] for q in queues) \
+        == FRAMES_EACH_WAY
     ip_icmp = 20 + 8
     echo_bytes = sum(14 + ip_icmp + size for size in ping["sizes"]) + 14 + ip_icmp + 56
-    assert pair0["tx_bytes"] == 42 + echo_bytes                  # frames as sent, unpadded
-    assert pair0["rx_bytes"] == 60 + sum(max(60, 14 + ip_icmp + size) for size in ping["sizes"]) \
-        + 14 + ip_icmp + 56                                      # the peer pads to 60 bytes
-    assert pair0["drops"] == 0
+    udp_sizes = [ETH_IP_UDP + 4 * len(f"flow {n}") for n in range(UDP_FLOWS)]
+    assert sum(q["tx_bytes"] for q in queues) == 42 + echo_bytes + sum(udp_sizes)   # unpadded
+    assert sum(q["rx_bytes"] for q in queues) == MIN_FRAME + sum(
+        max(MIN_FRAME, 14 + ip_icmp + size) for size in ping["sizes"]) + 14 + ip_icmp + 56 \
+        + sum(max(MIN_FRAME, size) for size in udp_sizes)
+    assert all(q["drops"] == 0 for q in queues)
 
     assert result["pcap"] == str((out / "wire.pcapng").resolve())
     assert json.loads((out / "demo.json").read_text())["queues"] == queues
@@ -88,8 +103,9 @@ def test_demo_human_output(demo):
     assert f"ARP who-has 10.0.0.2 tell 10.0.0.1 -> is-at {result['traffic']['peer']['mac']}" in text
     assert "ping 10.0.0.2 from 10.0.0.1: 5/5 replies" in text
     assert "ping 10.0.0.1 from 10.0.0.2: 1/1 replies" in text
-    assert "queue pair 0: tx 7 packets" in text
-    assert lines[-1].startswith("capture: ") and "wire.pcapng (14 frames)" in lines[-1]
+    assert f"UDP echo 10.0.0.2:7: {UDP_FLOWS}/{UDP_FLOWS} flows answered" in text
+    assert sum(line.startswith("queue pair ") for line in lines) == PAIRS
+    assert lines[-1].startswith("capture: ") and f"wire.pcapng ({2 * FRAMES_EACH_WAY} frames)" in lines[-1]
 
 
 def tshark_fields(pcap, fields):
@@ -134,11 +150,14 @@ def test_demo_pcap_dissects_cleanly(demo):
             seen.add((direction, "arp", int(row["arp.opcode"])))
         if "icmp" in protocols:
             seen.add((direction, "icmp", int(row["icmp.type"])))
+        if "udp" in protocols:
+            seen.add((direction, "udp"))
     assert not problems, "tshark: " + "; ".join(problems)
     assert seen == {
         (OUTBOUND, "arp", 1), (INBOUND, "arp", 2),          # the guest asks, the peer answers
         (OUTBOUND, "icmp", 8), (INBOUND, "icmp", 0),        # the guest pings the peer
         (INBOUND, "icmp", 8), (OUTBOUND, "icmp", 0),        # the peer pings the guest
+        (OUTBOUND, "udp"), (INBOUND, "udp"),                # the UDP echo flows
     }
 
 

@@ -76,7 +76,8 @@ def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256,
     reads = reads or [random_read(rng, max_length) for _ in range(n_reads)]
     dut = DmaReader(tags=tags, slot_bytes=slot_bytes, timeout_cycles=timeout_cycles)
     size = min(spec.pcie_size_bytes(mrrs), slot_bytes)
-    result = {"tlps": 0, "completions": 0, "junk": 0, "late": 0}
+    result = {"tlps": 0, "completions": 0, "junk": 0, "late": 0, "received_ur": 0,
+              "received_ca": 0}
     data_reads = [n for n, (_, length) in enumerate(reads) if length]   # empty: no data
 
     def choose_fate():
@@ -283,6 +284,8 @@ def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256,
                     out_read += 1
             if ctx.get(dut.error):
                 error_pulses.append(cycle)
+            result["received_ur"] += ctx.get(dut.received_ur)
+            result["received_ca"] += ctx.get(dut.received_ca)
             await ctx.tick()
             cycle += 1
         for _ in range(3):            # the last read's error pulse
@@ -359,6 +362,11 @@ def test_error_completions_fail_their_read_only(seed):
     r = run_reads(seed, n_reads=20, mrrs=seed % 3, max_length=900, fates=fates, p_junk=0.05)
     assert 0 < r["failed"] < 20
     assert {rec.fate for rec in r["records"]} - {OK}, "no error was injected"
+    # Status.Received Master / Target Abort: one pulse per UR / CA completion
+    for fate, key in ((UR, "received_ur"), (CA, "received_ca")):
+        assert r[key] == sum(1 for rec in r["records"] if rec.fate == fate and rec.sent), \
+            (key, r[key])
+    assert r["received_ur"] + r["received_ca"] > 0
 
 
 def test_completion_timeout_and_late_completions():

@@ -64,9 +64,13 @@ def test_probe_default_device():
         assert q.enable == 1 and q.size == vq.num == 256
         assert (q.desc, q.driver, q.device) == (vq.desc_addr, vq.avail_addr, vq.used_addr)
         assert q.msix_vector == spec.VIRTIO_MSI_NO_VECTOR
-        assert dev.dma_peek(vq.desc_addr, desc_table_size(vq.num)) == bytes(16 * vq.num)
-        assert dev.dma_peek(vq.used_addr, used_ring_size(vq.num)) == bytes(used_ring_size(vq.num))
+        if index != net.ctrl_queue_index:      # probe sent VQ_PAIRS_SET on the control queue
+            assert dev.dma_peek(vq.desc_addr, desc_table_size(vq.num)) == bytes(16 * vq.num)
+            assert dev.dma_peek(vq.used_addr, used_ring_size(vq.num)) == \
+                bytes(used_ring_size(vq.num))
         assert vq.notify_address == net.pci.notify_address(index)
+    # with MQ, probe asks for every pair (one here), as Linux does
+    assert [(r.cls, r.cmd, r.data) for r in dev.ctrl.acked] == [(4, 0, b"\x01\x00")]
     assert net.pci.notify_address(1) - net.pci.notify_address(0) == net.pci.notify_off_multiplier
     assert dev.config_msix_vector == spec.VIRTIO_MSI_NO_VECTOR
     summary = net.summary()
@@ -78,26 +82,32 @@ def test_probe_multiqueue_msix_mtu_link_down():
     dev = FakeVirtioNetDevice(max_pairs=3, msix_vectors=8, mtu=9000, link_up=False,
                               queue_max_size=64)
     net = probe(dev)
-    assert net.max_queue_pairs == 3 and net.curr_queue_pairs == 1
+    assert net.max_queue_pairs == 3 and net.curr_queue_pairs == 3     # all, by default
+    assert dev.ctrl.pairs == 3
     assert sorted(net.queues) == list(range(7)) and net.ctrl_queue_index == 6
-    assert net.mtu == 9000 and not net.link_up
+    assert net.mtu == 9000 and not net.link_up and not net.carrier
     assert net.msix and dev.config_msix_vector == 0
-    assert [dev.queues[i].msix_vector for i in range(7)] == list(range(1, 8))
+    # a vector per data queue; the control queue is polled
+    assert [dev.queues[i].msix_vector for i in range(7)] == \
+        list(range(1, 7)) + [spec.VIRTIO_MSI_NO_VECTOR]
     assert all(vq.num == 64 for vq in net.queues.values())
     assert dev.status == RUNNING and dev.protocol_errors == []
 
 
 def test_too_few_msix_vectors_means_no_vectors():
-    dev = FakeVirtioNetDevice(max_pairs=1, msix_vectors=3)    # needs 3 queues + config
+    dev = FakeVirtioNetDevice(max_pairs=1, msix_vectors=1)    # shared needs 2
     net = probe(dev)
-    assert not net.msix
+    assert not net.msix and net.vector_policy.value == "none"
     assert all(q.msix_vector == spec.VIRTIO_MSI_NO_VECTOR for q in dev.queues)
+    assert dev.config_msix_vector == spec.VIRTIO_MSI_NO_VECTOR
 
 
 def test_max_pairs_out_of_range_falls_back_to_one():
     dev = FakeVirtioNetDevice(max_pairs=0, num_queues=3)
     net = probe(dev)
     assert net.max_queue_pairs == 1 and sorted(net.queues) == [0, 1, 2]
+    # VQ_PAIRS_SET 1 is above the device's max_virtqueue_pairs 0: refused, still 1
+    assert net.curr_queue_pairs == 1 and net.stats().ctrl.errors == 1
 
 
 def test_without_ctrl_vq_no_control_queue():
@@ -279,12 +289,22 @@ def test_device_with_too_few_queues():
     assert_given_up(dev)
 
 
-def test_msix_vector_not_mapped():
+def test_msix_vector_not_mapped_falls_back_to_shared():
+    """Like vp_find_vqs: a vector the device reads back as NO_VECTOR makes the
+    driver try the next policy (one vector shared by the queues)."""
     dev = FakeVirtioNetDevice(msix_vectors=2)
     dev.msix_vectors_available = lambda: 8                     # transport promises more
-    err = probe_error(dev)
-    assert "could not map MSI-X vector 2" in str(err)
-    assert_given_up(dev)
+    net = probe(dev)
+    assert net.vector_policy.value == "shared" and dev.config_msix_vector == 0
+    assert [q.msix_vector for q in dev.queues] == [1, 1, spec.VIRTIO_MSI_NO_VECTOR]
+
+
+def test_config_vector_not_mapped_means_no_vectors():
+    dev = FakeVirtioNetDevice(msix_vectors=0)
+    dev.msix_vectors_available = lambda: 8                     # the device maps none
+    net = probe(dev)
+    assert net.vector_policy.value == "none" and not net.msix
+    assert dev.status == RUNNING
 
 
 # --- transport and configuration helpers ----------------------------------------------------

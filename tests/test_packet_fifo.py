@@ -19,6 +19,11 @@ def beats(frame):
     return out
 
 
+def tag_of(frame):
+    """The tag a test writes with a frame: from its bytes, so that it can be checked."""
+    return sum(frame) & 0xFF
+
+
 def segments_of(length, rng):
     """A random split of [0, length) into segments."""
     cuts = sorted(rng.sample(range(1, length), min(length - 1, rng.randint(0, 4))))
@@ -42,6 +47,7 @@ def run(frames, *, backpressure, depth=256, p_valid=0.8, p_ready=0.8, seed=1,
                     await ctx.tick()
                 ctx.set(dut.w.payload, {"data": data, "keep": keep, "last": last})
                 ctx.set(dut.w_abort, index in abort)
+                ctx.set(dut.w_tag, tag_of(frame))
                 ctx.set(dut.w.valid, 1)
                 await ctx.tick().until(dut.w.ready)
                 ctx.set(dut.w.valid, 0)
@@ -64,6 +70,7 @@ def run(frames, *, backpressure, depth=256, p_valid=0.8, p_ready=0.8, seed=1,
                 await ctx.tick()
                 continue
             length = ctx.get(dut.head_length)
+            tag = ctx.get(dut.head_tag)
             got = bytearray(length)
             for offset, seg_len in segments_of(length, rng):
                 ctx.set(dut.seg_req.payload, {"offset": offset, "length": seg_len})
@@ -89,6 +96,7 @@ def run(frames, *, backpressure, depth=256, p_valid=0.8, p_ready=0.8, seed=1,
             await ctx.tick()
             ctx.set(dut.pop, 0)
             read.append(bytes(got))
+            assert tag == tag_of(got), "the frame's tag did not come with it"
             idle += 1
 
 

@@ -548,3 +548,23 @@ def test_msix_sender_waits_for_bar_reads_of_the_table():
         assert msg.address == 0xFEE0_2000 and bytes(msg.data) == (0x42).to_bytes(4, "little")
 
     simulate(dut, tb)
+
+
+def test_received_aborts_set_status_bits_cleared_by_writing_1():
+    """A UR (CA) completion to our DMA read sets Status.Received Master
+    (Target) Abort (PCIe Base 4.0 section 7.5.1.1.4); RW1C."""
+    cfg, _ = config_space()
+    status_dw = spec.PciCfg.COMMAND // 4
+    master, target = (int(spec.PciStatus.RECEIVED_MASTER_ABORT) << 16,
+                      int(spec.PciStatus.RECEIVED_TARGET_ABORT) << 16)
+
+    async def tb(ctx):
+        assert await bus_read(ctx, cfg.bus, status_dw) & (master | target) == 0
+        await pulse(ctx, cfg.received_ur)
+        assert await bus_read(ctx, cfg.bus, status_dw) & (master | target) == master
+        await pulse(ctx, cfg.received_ca)
+        assert await bus_read(ctx, cfg.bus, status_dw) & (master | target) == master | target
+        await bus_write(ctx, cfg.bus, status_dw, master, 0b1100)
+        assert await bus_read(ctx, cfg.bus, status_dw) & (master | target) == target
+
+    simulate(cfg, tb)

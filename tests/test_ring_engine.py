@@ -7,7 +7,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hdl import spec
-from hdl.virtio.ring_engine import RingError
+from hdl.virtio.ring_engine import BATCH, RingError
 from hdl.virtio.virtqueues import Virtqueues
 from tests.amaranth_sim import CLOCK_PERIOD
 from tests.ring_model import HostMemory, SplitRing, serve_dma_read, serve_dma_write
@@ -15,7 +15,6 @@ from tests.ring_model import HostMemory, SplitRing, serve_dma_read, serve_dma_wr
 F = spec.VirtqDescF
 HDR = spec.VIRTIO_NET_HDR_SIZE
 MAX_FRAME = 1518
-NUM_QUEUES = 3            # one pair and the control queue
 RXQ, TXQ = 0, 1
 
 
@@ -23,28 +22,31 @@ class Bench:
     """The engine plus its surroundings; `run(scenario)` drives it."""
 
     def __init__(self, *, size=8, start_idx=0, seed=1, p_stall=0.3, tx_ready=0.8,
-                 event_idx=False, indirect=False, mrg_rxbuf=False):
+                 event_idx=False, indirect=False, mrg_rxbuf=False, pairs=1):
         self.event_idx, self.indirect, self.mrg_rxbuf = event_idx, indirect, mrg_rxbuf
         self.tx_space = 0xFFFF     # what the TX frame buffer says it can take
         self.rng = random.Random(seed)
         self.mem = HostMemory()
-        self.rings = {RXQ: SplitRing(self.mem, size, start_idx), TXQ: SplitRing(self.mem, size, start_idx)}
-        self.dut = Virtqueues(num_queues=NUM_QUEUES, max_tx_frame=MAX_FRAME, initial_idx=start_idx)
+        self.num_queues = 2 * pairs + 1
+        self.rings = {q: SplitRing(self.mem, size, start_idx) for q in range(2 * pairs)}
+        self.dut = Virtqueues(num_queues=self.num_queues, max_tx_frame=MAX_FRAME,
+                              initial_idx=start_idx)
+        self.rx_pairs = {}         # id(frame) -> the pair it is steered to (default 0)
         self.p_stall = p_stall
         self.tx_ready = tx_ready
         self.tx_frames = []        # (bytes, aborted)
         self.tx_empty = 0
         self.rx_frames = []        # frames waiting on the wire side
         self.rx_delivered = self.rx_too_big = 0
-        self.notifies = {q: 0 for q in range(NUM_QUEUES)}
+        self.notifies = {q: 0 for q in range(self.num_queues)}
         self.needs_reset = 0
         self.doorbells = []
         self.reads = []
 
     # --- driver-side helpers -------------------------------------------------
-    def post_tx(self, frame, *, pieces=1, start_desc=None):
+    def post_tx(self, frame, *, pieces=1, start_desc=None, queue=TXQ):
         """Post hdr + frame as a chain of `pieces` descriptors."""
-        ring = self.rings[TXQ]
+        ring = self.rings[queue]
         data = bytes(HDR) + frame
         cuts = sorted(self.rng.sample(range(1, len(data)), pieces - 1)) if pieces > 1 else []
         bounds = [0] + cuts + [len(data)]
@@ -59,8 +61,8 @@ class Bench:
         ring.post(first)
         return first
 
-    def post_rx(self, length, *, pieces=1):
-        ring = self.rings[RXQ]
+    def post_rx(self, length, *, pieces=1, queue=RXQ):
+        ring = self.rings[queue]
         first = ring.next_desc
         buffers = []
         sizes = [length // pieces] * pieces
@@ -117,6 +119,7 @@ class Bench:
         while True:
             ctx.set(dut.rx_valid, bool(self.rx_frames))
             ctx.set(dut.rx_length, len(self.rx_frames[0]) if self.rx_frames else 0)
+            ctx.set(dut.rx_pair, self.rx_pairs.get(id(self.rx_frames[0]), 0) if self.rx_frames else 0)
             ctx.set(dut.rx_seg_req.ready, seg is None and bool(self.rx_frames))
             if seg:
                 chunk = seg[:4]
@@ -135,7 +138,7 @@ class Bench:
 
     async def _monitor(self, ctx):
         async for _, _, notify, needs_reset in ctx.tick().sample(self.dut.used_notify, self.dut.needs_reset):
-            for q in range(NUM_QUEUES):
+            for q in range(self.num_queues):
                 self.notifies[q] += notify >> q & 1
             self.needs_reset += needs_reset
 
@@ -631,3 +634,67 @@ def test_tx_buffer_is_read_only_when_the_frame_buffer_has_room():
 
     bench.run(scenario)
     assert bench.tx_frames == [(frame, False)]
+
+
+def test_rx_frames_go_to_the_queue_they_are_steered_to():
+    bench = Bench(size=16, seed=36, pairs=2)
+    frames = [random_frame(bench.rng, 60 + n) for n in range(12)]
+    pairs = [bench.rng.randrange(2) for _ in frames]
+    for frame, pair in zip(frames, pairs):
+        bench.rx_pairs[id(frame)] = pair
+
+    async def scenario(ctx, b):
+        posted = {0: [], 1: []}
+        for pair in (0, 1):
+            for _ in range(12):
+                posted[pair].append(b.post_rx(HDR + 200, queue=spec.rx_queue_index(pair)))
+            b.kick(spec.rx_queue_index(pair))
+        b.rx_frames.extend(frames)
+        for pair in (0, 1):
+            count = pairs.count(pair)
+            await wait_for(ctx, lambda: b.rings[spec.rx_queue_index(pair)].used_idx() == count)
+        for pair in (0, 1):
+            used = b.rings[spec.rx_queue_index(pair)].take_used()
+            mine = [f for f, p in zip(frames, pairs) if p == pair]
+            for (head, buffers), (uid, ulen), frame in zip(posted[pair], used, mine):
+                assert uid == head and ulen == HDR + len(frame)
+                assert b.mem.read(buffers[0][0] + HDR, len(frame)) == frame
+
+    bench.run(scenario)
+    assert bench.rx_delivered == len(frames)
+    # each queue keeps its heads and descriptors across the other's visits:
+    # its chains are read 8 at a time, whatever the interleaving
+    for pair in (0, 1):
+        batches = -(-pairs.count(pair) // BATCH)
+        ring = bench.rings[spec.rx_queue_index(pair)]
+        table = range(ring.desc, ring.desc + spec.VIRTQ_DESC_SIZE * ring.size)
+        entries = range(ring.driver + spec.VIRTQ_RING_HEADER_SIZE,
+                        ring.driver + spec.VIRTQ_RING_HEADER_SIZE + 2 * ring.size)
+        assert sum(1 for a, _ in bench.reads if a in table) == batches, bench.reads
+        assert sum(1 for a, _ in bench.reads if a in entries) == batches, bench.reads
+
+
+def test_transmit_queues_take_turns():
+    """Round robin: every transmitq with work gets a visit (a batch) before
+    any gets a second, and a queue with nothing posted holds up no one."""
+    pairs = 4
+    bench = Bench(size=32, seed=37, pairs=pairs, tx_ready=1.0)
+    busy = [0, 1, 3]                        # pair 2 posts nothing
+    per_queue = 16
+    frames = {pair: [random_frame(bench.rng, 60) for _ in range(per_queue)] for pair in busy}
+    owner = {f: pair for pair, fs in frames.items() for f in fs}
+
+    async def scenario(ctx, b):
+        for pair in busy:
+            for frame in frames[pair]:
+                b.post_tx(frame, queue=spec.tx_queue_index(pair))
+        for pair in busy:
+            b.kick(spec.tx_queue_index(pair))
+        await wait_for(ctx, lambda: len(b.tx_frames) == per_queue * len(busy), limit=60_000)
+
+    bench.run(scenario)
+    order = [owner[f] for f, _ in bench.tx_frames]
+    first_round = order[:BATCH * len(busy)]
+    assert sorted(first_round) == sorted(busy * BATCH), order
+    for pair in busy:                       # in order within each queue
+        assert [f for f, _ in bench.tx_frames if owner[f] == pair] == frames[pair]

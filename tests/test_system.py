@@ -25,7 +25,7 @@ def test_default_device():
 
 
 def test_broken_feature_set_is_refused():
-    broken = implemented_features() | spec.VirtioNetF.MQ | spec.VirtioNetF.CTRL_RX
+    broken = (implemented_features() & ~spec.VirtioNetF.CTRL_VQ) | spec.VirtioNetF.MQ | spec.VirtioNetF.CTRL_RX
     run(CoreParams(features=broken), ["broken_feature_set"])
 
 
@@ -62,3 +62,20 @@ def test_bad_descriptors_need_reset_and_the_driver_recovers():
 
 def test_ring_indexes_wrap_around():
     run_datapath(CoreParams(queue_pairs=1, ring_start_index=0xFFF4), ["indexes_wrap_around"])
+
+
+MULTIQUEUE_CASES = ["traffic_on_every_queue_both_ways", "pairs_change_under_traffic",
+                    "filters_accept_and_drop_as_configured",
+                    "malformed_control_commands_are_refused_and_change_nothing",
+                    "link_flaps_reach_the_driver"]
+
+
+def test_multiqueue_and_control_queue():
+    run(CoreParams(), MULTIQUEUE_CASES, "sim.cocotb_tests.multiqueue")
+
+
+@pytest.mark.parametrize("pairs", [2, 8])
+def test_multiqueue_traffic_with_other_pair_counts(pairs):
+    """The default build has 4 pairs; 1 pair is the wrap-around build's."""
+    run(CoreParams(queue_pairs=pairs), ["traffic_on_every_queue_both_ways"],
+        "sim.cocotb_tests.multiqueue")

@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..lib.bytes import BYTES_PER_BEAT, ByteStreamSignature
 
-__all__ = ["DropReason", "PacketFifo", "Segment"]
+__all__ = ["DropReason", "PacketFifo", "Segment", "TAG_BITS"]
 
 FRAMES_IN_FLIGHT = 16       # committed frames the buffer can hold at once
 _LENGTH_BITS = 16
@@ -41,9 +41,12 @@ Segment = data.StructLayout({
     "length": unsigned(_LENGTH_BITS),     # bytes, at least 1
 })
 
+TAG_BITS = 8               # a word kept with each frame (RX: the queue pair it is steered to)
+
 _Head = data.StructLayout({
     "start": unsigned(_LENGTH_BITS),      # DW index in the ring (wraps)
     "length": unsigned(_LENGTH_BITS),     # bytes
+    "tag": unsigned(TAG_BITS),
 })
 
 
@@ -55,12 +58,14 @@ class PacketFifo(wiring.Component):
     """Ports:
         w:         In(ByteStreamSignature), dense frames (keep 0b1111 but on last).
         w_abort:   In(1), sampled with a frame's last beat: take the frame back.
+        w_tag:     In(8), sampled with a frame's last beat: kept with the frame.
         dropped:   Out(len(DropReason)), one-hot pulse: a frame was taken back, why.
         committed: Out(1), pulse: a frame became readable.
         length:    Out(16), with ``committed`` or ``dropped``: the frame's bytes so far.
         space:     Out(16), bytes the buffer can take now (registered; saturates).
         head_valid:  Out(1), a frame is readable.
         head_length: Out(16), its length in bytes.
+        head_tag:  Out(8), its tag.
         seg_req:   In(stream.Signature(Segment)), read a byte range of the head frame.
         seg:       Out(ByteStreamSignature), its bytes at their own lanes (frame
                    offset mod 4): keep marks them; last ends the segment.
@@ -82,12 +87,14 @@ class PacketFifo(wiring.Component):
         super().__init__({
             "w": In(ByteStreamSignature),
             "w_abort": In(1),
+            "w_tag": In(TAG_BITS),
             "dropped": Out(len(DropReason)),
             "committed": Out(1),
             "length": Out(_LENGTH_BITS),
             "space": Out(_LENGTH_BITS),
             "head_valid": Out(1),
             "head_length": Out(_LENGTH_BITS),
+            "head_tag": Out(TAG_BITS),
             "seg_req": In(stream.Signature(Segment)),
             "seg": Out(ByteStreamSignature),
             "pop": In(1),
@@ -136,6 +143,7 @@ class PacketFifo(wiring.Component):
             wr.data.eq(self.w.payload.data),
             head_in.start.eq(frame_start),
             head_in.length.eq(new_count),
+            head_in.tag.eq(self.w_tag),
             self.length.eq(new_count),
         ]
         with m.If(self.w.valid & self.w.ready):
@@ -175,6 +183,7 @@ class PacketFifo(wiring.Component):
         m.d.comb += [
             self.head_valid.eq(heads.r_rdy),
             self.head_length.eq(head.length),
+            self.head_tag.eq(head.tag),
             heads.r_en.eq(self.pop),
         ]
         with m.If(self.pop & heads.r_rdy):

@@ -123,6 +123,9 @@ class ConfigSpace(wiring.Component):
         bus:         In(RegisterBusSignature(6)), config requests from the completer.
         ur_detected: In(1), pulse: sets Device Status.UR_DETECTED (PCIe cap).
         poisoned:    In(1), pulse: a poisoned TLP was received; sets Status.
+        received_ur: In(1), pulse: a completion to our request came back UR;
+                     sets Status.Received Master Abort (PCIe Base 4.0 7.5.1.1.4).
+        received_ca: In(1), pulse: ... came back CA; sets Status.Received Target Abort.
                      DETECTED_PARITY_ERROR and Device Status.NONFATAL_ERR_DETECTED
                      (its default severity, PCIe 4.0 section 6.2.7).
         command:     Out(16), the Command register.
@@ -138,6 +141,8 @@ class ConfigSpace(wiring.Component):
     bus: In(RegisterBusSignature(_CFG_ADDR_WIDTH))
     ur_detected: In(1)
     poisoned: In(1)
+    received_ur: In(1)
+    received_ca: In(1)
     command: Out(16)
     bar0: Out(64)
     devctl: Out(16)
@@ -169,7 +174,9 @@ class ConfigSpace(wiring.Component):
         devctl_dw = self._pcie_dw + spec.PcieCap.DEVCTL // 4
         devsta_set = (self.ur_detected.replicate(32) & (spec.PcieDevSta.UR_DETECTED << 16)
                       | self.poisoned.replicate(32) & (spec.PcieDevSta.NONFATAL_ERR_DETECTED << 16))
-        status_set = self.poisoned.replicate(32) & (spec.PciStatus.DETECTED_PARITY_ERROR << 16)
+        status_set = (self.poisoned.replicate(32) & (spec.PciStatus.DETECTED_PARITY_ERROR << 16)
+                      | self.received_ur.replicate(32) & (spec.PciStatus.RECEIVED_MASTER_ABORT << 16)
+                      | self.received_ca.replicate(32) & (spec.PciStatus.RECEIVED_TARGET_ABORT << 16))
         hw_set = {devctl_dw: devsta_set, spec.PciCfg.COMMAND // 4: status_set}
 
         # Host writes.

@@ -50,6 +50,11 @@ class DmaReader(wiring.Component):
                       (bytes = 128 << code, section 7.5.3.4).
         bus_master:   In(1), Command.BUS_MASTER: no request starts while 0
                       (reads already in flight complete; queued ones wait).
+        received_ur:  Out(1), pulse: a completion for one of our reads came back
+                      Unsupported Request (sets Status.Received Master Abort,
+                      PCIe Base 4.0 section 7.5.1.1.4).
+        received_ca:  Out(1), pulse: ... Completer Abort (Status.Received
+                      Target Abort).
         error:        Out(1), one-cycle pulse per failed read, the cycle after
                       its last DW left on ``client.data``.
 
@@ -111,6 +116,8 @@ class DmaReader(wiring.Component):
             "mrrs": In(spec.PCIE_SIZE_CODE_BITS),
             "bus_master": In(1),
             "error": Out(1),
+            "received_ur": Out(1),
+            "received_ca": Out(1),
         })
 
     def elaborate(self, platform):
@@ -303,6 +310,7 @@ class DmaReader(wiring.Component):
             apply_remaining.eq(remaining_q),
         ]
 
+        m.d.sync += [self.received_ur.eq(0), self.received_ca.eq(0)]     # pulses
         with m.FSM(name="read_completion") as cpl_fsm:
             with m.State("HEADER_DW0"):
                 with m.If(cpl.valid & cpl.payload.first & ~cpl.payload.last):
@@ -328,6 +336,8 @@ class DmaReader(wiring.Component):
                     m.d.sync += [
                         taking.eq(ours & good),
                         failing.eq(ours & ~good),
+                        self.received_ur.eq(ours & (status == spec.CplStatus.UR)),
+                        self.received_ca.eq(ours & (status == spec.CplStatus.CA)),
                         final_q.eq(cpl_final),
                         remaining_q.eq(byte_count - covered),
                         slot_q.eq(tag_slot),

@@ -71,12 +71,16 @@ _NUM_BUFFERS_BYTES = 2     # virtio_net_hdr.num_buffers, le16
 
 
 class Role(enum.Enum):
-    """Which queues an engine serves (section 5.1.2: 2n receiveq, 2n+1 transmitq)."""
+    """Which queues an engine serves (section 5.1.2: 2n receiveq, 2n+1
+    transmitq, the last the controlq)."""
     TX = "tx"
     RX = "rx"
+    CTRL = "ctrl"
 
     def queues(self, num_queues):
-        """The virtqueue indexes served, the control queue (the last) excluded."""
+        """The virtqueue indexes served."""
+        if self is Role.CTRL:
+            return [num_queues - 1]
         parity = 1 if self is Role.TX else 0
         return [q for q in range(num_queues - 1) if q % 2 == parity]
 
@@ -124,6 +128,16 @@ class RingEngine(wiring.Component):
         rx_seg:      In(ByteStreamSignature), those bytes, packed (a BytePacker).
         rx_pop:      Out(1), pulse: the head frame is delivered (or dropped).
         rx_delivered, rx_too_big: Out(1), pulses: how the head frame went.
+    CTRL role (section 5.1.6.5: class, command, data in read-only buffers,
+    then the ack byte in a device-writable one):
+        cmd:         Out(ByteStreamSignature), the command's bytes (class,
+                     command, data) at any lane, ended by an empty beat with
+                     ``last`` (to a BytePacker, then the command executor).
+        cmd_bad:     Out(1), from that last beat until ``ack``: the chain was
+                     malformed (a read-only buffer after a writable one, or
+                     longer than a command can be): answer ERR.
+        ack:         In(stream.Signature(8)), the executor's answer
+                     (VIRTIO_NET_OK or VIRTIO_NET_ERR) once it has acted.
     """
 
     def __init__(self, *, role, num_queues, max_tx_frame=0, initial_idx=0):
@@ -157,6 +171,12 @@ class RingEngine(wiring.Component):
                 "tx_empty": Out(1),
                 "tx_long": Out(1),
             })
+        elif self.role is Role.CTRL:
+            ports.update({
+                "cmd": Out(ByteStreamSignature),
+                "cmd_bad": Out(1),
+                "ack": In(stream.Signature(8)),
+            })
         else:
             ports.update({
                 "mrg_rxbuf": In(1),
@@ -174,6 +194,7 @@ class RingEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         is_rx = self.role is Role.RX
+        is_ctrl = self.role is Role.CTRL
         served = self.served
         slots = len(served)
 
@@ -233,15 +254,26 @@ class RingEngine(wiring.Component):
             return self.run & cfgs[index].enable
 
         # --- head cache -----------------------------------------------------
-        heads = Array(Signal(_IDX_BITS, name=f"head{n}") for n in range(BATCH))
+        # One per queue, so that a visit finds its queue's heads and
+        # descriptors even after visits to other queues (RX frames of
+        # different flows alternate between receiveqs). The visit works on
+        # registered copies of its queue's entries (`cached`, `taken`, ...),
+        # loaded on the visit and written back as they change.
+        slot_bits = max(1, (slots - 1).bit_length())
+        m.submodules.head_ram = head_ram = Memory(shape=2 * _IDX_BITS, depth=slots * BATCH // 2,
+                                                  init=[])
+        head_wr = head_ram.write_port()
+        head_rd = head_ram.read_port(domain="comb")
         cached = Signal(range(BATCH + 1))    # heads in the cache
         taken = Signal(range(BATCH + 1))     # heads consumed from it
-        cache_slot = Signal.like(slot)
-        cache_valid = Signal()               # the cache belongs to cache_slot
+        cache_valid = Signal()
+        saved_cached = per_slot("cached", (BATCH).bit_length(), 0)
+        saved_taken = per_slot("taken", (BATCH).bit_length(), 0)
+        saved_valid = per_slot("cache_valid", 1, 0)
 
         # --- descriptor cache -----------------------------------------------
-        m.submodules.desc_ram = desc_ram = Memory(shape=spec.VIRTQ_DESC_SIZE * 8, depth=DESC_BLOCK,
-                                                  init=[])
+        m.submodules.desc_ram = desc_ram = Memory(shape=spec.VIRTQ_DESC_SIZE * 8,
+                                                  depth=DESC_BLOCK * slots, init=[])
         desc_wr = desc_ram.write_port(granularity=32)
         desc_rd = desc_ram.read_port(domain="comb")
         dc_valid = Signal()
@@ -249,6 +281,10 @@ class RingEngine(wiring.Component):
         dc_count = Signal(range(DESC_BLOCK + 1))
         dc_table = Signal()                  # the entries are of the indirect table being walked
         dc_offset = Signal(_IDX_BITS)
+        saved_dc_valid = per_slot("dc_valid", 1, 0)
+        saved_dc_first = per_slot("dc_first", _IDX_BITS, 0)
+        saved_dc_count = per_slot("dc_count", (DESC_BLOCK).bit_length(), 0)
+        saved_dc_table = per_slot("dc_table", 1, 0)
 
         # --- chain state ----------------------------------------------------
         desc_idx = Signal(_IDX_BITS)
@@ -293,7 +329,7 @@ class RingEngine(wiring.Component):
         # --- scheduler ------------------------------------------------------
         def has_work(index):
             return (avail_seen[index] != last_avail[index]) | (
-                cache_valid & (cache_slot == index) & (taken != cached))
+                saved_valid[index] & (saved_taken[index] != saved_cached[index]))
 
         if is_rx:
             # the receiveq the head frame is steered to; a starved queue waits
@@ -303,9 +339,13 @@ class RingEngine(wiring.Component):
             pending = (self.rx_valid & enabled(target)
                        & (kick.bit_select(target, 1) | (~starved[target] & has_work(target))))
         else:
-            # the scan moves on every cycle: TX queues take turns
+            # round robin: the scan stops at a queue with work and moves past
+            # it once its visit starts, so every queue with work gets a visit
+            # (of up to BATCH chains) before any gets a second
             target = Signal.like(slot)
-            m.d.sync += target.eq(Mux(target == slots - 1, 0, target + 1))
+            advance = Signal()
+            with m.If(advance):
+                m.d.sync += target.eq(Mux(target == slots - 1, 0, target + 1))
             pending = enabled(target) & (kick.bit_select(target, 1) | has_work(target))
         # The scheduler decides on last cycle's view (registered: timing); a
         # stale "pending" costs at most one visit that finds nothing.
@@ -319,7 +359,7 @@ class RingEngine(wiring.Component):
         fetch = Signal(range(BATCH + 1))
         nothing_done = cur_used == visit_used
 
-        # TX gather
+        # TX gather (and control commands, gathered the same way)
         if not is_rx:
             hdr_left = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))
             frame_bytes = Signal(17)
@@ -327,7 +367,14 @@ class RingEngine(wiring.Component):
             tx_read_len = Signal(16)
             tx_data_len = Signal(33)         # this buffer's frame bytes, before the length check
             seg_addr = Signal(64)
-            m.d.comb += self.tx_abort.eq(tx_drop)
+            if is_ctrl:
+                ack_addr = Signal(64)        # the first writable buffer: the ack goes there
+                have_ack = Signal()
+                cmd_bad = Signal()
+                ack_value = Signal(8)
+                m.d.comb += self.cmd_bad.eq(cmd_bad)   # held until the answer
+            else:
+                m.d.comb += self.tx_abort.eq(tx_drop)
         # RX scatter
         else:
             rx_len = Signal(16)
@@ -347,12 +394,25 @@ class RingEngine(wiring.Component):
             if is_rx:
                 with m.If(frame_bufs == 0):
                     m.d.sync += [rx_pos.eq(0), rx_len.eq(self.rx_length)]
+            elif is_ctrl:
+                chain += [frame_bytes.eq(0), have_ack.eq(0), cmd_bad.eq(0)]
             else:
                 chain += [hdr_left.eq(spec.VIRTIO_NET_HDR_SIZE), frame_bytes.eq(0), tx_drop.eq(0)]
             return chain
 
-        with m.FSM(name="ring"):
+        visiting = Signal()                  # the copies above belong to `slot`
+        with m.If(visiting):
+            m.d.sync += [saved_cached[slot].eq(cached), saved_taken[slot].eq(taken),
+                         saved_valid[slot].eq(cache_valid), saved_dc_valid[slot].eq(dc_valid),
+                         saved_dc_first[slot].eq(dc_first), saved_dc_count[slot].eq(dc_count),
+                         saved_dc_table[slot].eq(dc_table)]
+
+        with m.FSM(name="ring") as ring_fsm:
             with m.State("IDLE"):
+                if not is_rx:
+                    # the scan moves while the queue it shows has no work, and
+                    # past the queue a visit starts on
+                    m.d.comb += advance.eq(~pending_r | (target == target_r))
                 with m.If(pending_r):
                     m.d.sync += [slot.eq(target_r), frame_bufs.eq(0)]
                     with m.Switch(target_r):
@@ -362,16 +422,17 @@ class RingEngine(wiring.Component):
                     m.next = "VISIT"
 
             with m.State("VISIT"):
+                m.d.sync += [cached.eq(saved_cached[slot]), taken.eq(saved_taken[slot]),
+                             cache_valid.eq(saved_valid[slot]), dc_valid.eq(saved_dc_valid[slot]),
+                             dc_first.eq(saved_dc_first[slot]), dc_count.eq(saved_dc_count[slot]),
+                             dc_table.eq(saved_dc_table[slot])]
                 m.d.sync += [cfg.eq(cfgs[slot]), cur_last.eq(last_avail[slot]),
                              cur_used.eq(used_idx[slot]), visit_used.eq(used_idx[slot]),
                              cur_seen.eq(avail_seen[slot]), cur_signalled.eq(signalled[slot]),
                              cur_no_interrupt.eq(no_interrupt[slot])]
                 m.next = "VISIT_PLAN"
             with m.State("VISIT_PLAN"):
-                with m.If(~(cache_valid & (cache_slot == slot))):
-                    m.d.sync += [cache_valid.eq(0), cached.eq(0), taken.eq(0),
-                                 cache_slot.eq(slot), dc_valid.eq(0)]
-                with m.If(cache_valid & (cache_slot == slot) & (taken != cached)):
+                with m.If(cache_valid & (taken != cached)):
                     m.next = "NEXT_HEAD"
                 with m.Elif(cur_seen != cur_last):
                     m.next = "READ_AVAIL_RING"
@@ -445,15 +506,14 @@ class RingEngine(wiring.Component):
                 entries = cfg.driver + spec.VIRTQ_RING_HEADER_SIZE + ((next_avail & size_mask) << 1)
                 m.d.comb += request(rd_req, entries, fetch << 1)
                 with m.If(rd_req.ready):
-                    m.d.sync += [cached.eq(fetch), taken.eq(0), cache_valid.eq(1),
-                                 cache_slot.eq(slot), dw.eq(0)]
+                    m.d.sync += [cached.eq(fetch), taken.eq(0), cache_valid.eq(1), dw.eq(0)]
                     m.next = "GET_AVAIL_RING"
             with m.State("GET_AVAIL_RING"):
                 m.d.comb += rd.ready.eq(1)
                 with m.If(rd.valid):
-                    m.d.sync += [heads[dw << 1].eq(rd.payload.data[:16]),
-                                 heads[(dw << 1) + 1].eq(rd.payload.data[16:]),
-                                 dw.eq(dw + 1)]
+                    m.d.comb += [head_wr.en.eq(1), head_wr.addr.eq(Cat(dw[:2], slot[:slot_bits])),
+                                 head_wr.data.eq(rd.payload.data)]
+                    m.d.sync += dw.eq(dw + 1)
                     with m.If(rd.payload.last):
                         with m.If(rd.payload.error):
                             m.d.sync += [fail(RingError.DMA), cache_valid.eq(0)]
@@ -463,7 +523,8 @@ class RingEngine(wiring.Component):
 
             # Step 3: the next chain.
             with m.State("NEXT_HEAD"):
-                head = heads[taken]
+                m.d.comb += head_rd.addr.eq(Cat(taken[1:3], slot[:slot_bits]))
+                head = head_rd.data.word_select(taken[0], _IDX_BITS)
                 m.d.sync += [head_id.eq(head), desc_idx.eq(head)] + new_chain()
                 with m.If(head >= cfg.size):
                     m.d.sync += fail(RingError.HEAD_RANGE)
@@ -490,7 +551,7 @@ class RingEngine(wiring.Component):
                     m.next = "GET_DESC_BLOCK"
             with m.State("GET_DESC_BLOCK"):
                 m.d.comb += [rd.ready.eq(1),
-                             desc_wr.addr.eq(dw >> 2),
+                             desc_wr.addr.eq(Cat(dw[2:5], slot[:slot_bits])),
                              desc_wr.data.eq(rd.payload.data.replicate(_DESC_DWORDS))]
                 with m.If(rd.valid):
                     m.d.comb += desc_wr.en.eq(1 << dw[:2])
@@ -503,7 +564,7 @@ class RingEngine(wiring.Component):
                             m.d.sync += [dc_valid.eq(1), dc_offset.eq(0)]
                             m.next = "CACHED_DESC"
             with m.State("CACHED_DESC"):
-                m.d.comb += desc_rd.addr.eq(dc_offset)
+                m.d.comb += desc_rd.addr.eq(Cat(dc_offset[:3], slot[:slot_bits]))
                 desc = desc_rd.data
                 m.d.sync += [d_addr.eq(desc[0:64]), d_len.eq(desc[64:96]),
                              d_flags.eq(desc[96:112]), d_next.eq(desc[112:128]),
@@ -534,21 +595,24 @@ class RingEngine(wiring.Component):
                 with m.Elif(has_next & (d_next >= table_size)):
                     m.d.sync += fail(RingError.HEAD_RANGE)
                     m.next = "ERROR"
-                with m.Elif(writable != is_rx):
+                with m.Elif((writable != is_rx) if not is_ctrl else Const(0)):
                     m.d.sync += fail(RingError.DIRECTION)
                     m.next = "ERROR"
                 with m.Else():
-                    m.next = "RX_PLAN" if is_rx else "TX_PLAN"
+                    m.next = {Role.RX: "RX_PLAN", Role.TX: "TX_PLAN", Role.CTRL: "CTRL_PLAN"}[self.role]
 
             with m.State("CHAIN_NEXT"):
                 with m.If(has_next):
                     m.d.sync += desc_idx.eq(d_next)
                     m.next = "READ_DESC"
                 with m.Else():
-                    m.next = "RX_CHAIN_END" if is_rx else "TX_END"
+                    m.next = {Role.RX: "RX_CHAIN_END", Role.TX: "TX_END",
+                              Role.CTRL: "CTRL_END"}[self.role]
 
             if is_rx:
                 self._receive(m, locals())
+            elif is_ctrl:
+                self._control(m, locals())
             else:
                 self._transmit(m, locals())
 
@@ -586,12 +650,14 @@ class RingEngine(wiring.Component):
                                 m.next = "AFTER_CHAIN"
                         else:
                             m.d.sync += publish
-                            m.d.comb += self.tx_sent.eq(1)
+                            if not is_ctrl:
+                                m.d.comb += self.tx_sent.eq(1)
                             m.next = "AFTER_CHAIN"
             with m.State("AFTER_CHAIN"):
-                # keep going within the batch (RX: while frames wait)
+                # keep going within the batch (RX: while the next frame is
+                # for this queue)
                 more = (taken != cached) & cache_valid
-                with m.If(more & self.rx_valid if is_rx else more):
+                with m.If((more & self.rx_valid & (target == slot)) if is_rx else more):
                     m.next = "NEXT_HEAD"
                 with m.Else():
                     m.next = "WRITE_USED_IDX"
@@ -655,6 +721,7 @@ class RingEngine(wiring.Component):
                 # nothing more is served until the driver resets the device;
                 # stray read data is taken so the DMA reader never blocks
                 m.d.comb += rd.ready.eq(1)
+        m.d.comb += visiting.eq(~ring_fsm.ongoing("IDLE") & ~ring_fsm.ongoing("VISIT"))
         return m
 
     # Step 4, transmit (section 5.1.6.2): the header is skipped (no offload
@@ -855,3 +922,85 @@ class RingEngine(wiring.Component):
             m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(num_buffers), wr.payload.last.eq(1)]
             with m.If(wr.ready):
                 m.next = "AFTER_CHAIN"
+
+    # The control virtqueue (section 5.1.6.5): the read-only buffers carry
+    # the command, the first device-writable one takes the ack byte.
+    def _control(self, m, v):
+        rd_req, rd, request = v["rd_req"], v["rd"], v["request"]
+        wr_req, wr = v["wr_req"], v["wr"]
+        d_len, d_addr, d_flags, has_next = v["d_len"], v["d_addr"], v["d_flags"], v["has_next"]
+        frame_bytes, used_len = v["frame_bytes"], v["used_len"]
+        ack_addr, have_ack, cmd_bad, ack_value = (v["ack_addr"], v["have_ack"], v["cmd_bad"],
+                                                  v["ack_value"])
+        tx_read_len, fail = v["tx_read_len"], v["fail"]
+
+        with m.State("CTRL_PLAN"):
+            writable = (d_flags & spec.VirtqDescF.WRITE) != 0
+            m.d.sync += tx_read_len.eq(d_len)
+            with m.If(writable):
+                with m.If(~have_ack):
+                    m.d.sync += [ack_addr.eq(d_addr), have_ack.eq(1)]
+                m.next = "CHAIN_NEXT"
+            with m.Elif(have_ack | (frame_bytes + d_len > self.max_tx_frame)):
+                # out after in (section 5.1.6.5: out, then in), or longer
+                # than any command: answered with ERR, the bytes not read
+                m.d.sync += cmd_bad.eq(1)
+                m.next = "CHAIN_NEXT"
+            with m.Else():
+                m.d.sync += frame_bytes.eq(frame_bytes + d_len)
+                m.next = "CTRL_READ"
+        with m.State("CTRL_READ"):
+            m.d.comb += request(rd_req, d_addr, tx_read_len)
+            with m.If(rd_req.ready):
+                m.next = "CTRL_MOVE"
+        with m.State("CTRL_MOVE"):
+            tail = tx_read_len[:2]
+            m.d.comb += [
+                self.cmd.valid.eq(rd.valid),
+                rd.ready.eq(self.cmd.ready),
+                self.cmd.payload.data.eq(rd.payload.data),
+                self.cmd.payload.keep.eq(Mux(rd.payload.last & (tail != 0),
+                                             (Const(1, 5) << tail) - 1, 0b1111)),
+            ]
+            with m.If(rd.valid & rd.ready & rd.payload.last):
+                with m.If(rd.payload.error):
+                    m.d.sync += [fail(RingError.DMA), cmd_bad.eq(1)]
+                    m.next = "CTRL_ERROR_END"
+                with m.Else():
+                    m.next = "CHAIN_NEXT"
+        with m.State("CTRL_END"):
+            with m.If(frame_bytes == 0):
+                # nothing to execute: no class, no command
+                m.d.sync += ack_value.eq(spec.VIRTIO_NET_ERR)
+                m.next = "CTRL_ACK"
+            with m.Else():
+                m.d.comb += [self.cmd.valid.eq(1), self.cmd.payload.last.eq(1)]
+                with m.If(self.cmd.ready):
+                    m.next = "CTRL_WAIT"
+        with m.State("CTRL_WAIT"):
+            m.d.comb += self.ack.ready.eq(1)
+            with m.If(self.ack.valid):
+                m.d.sync += ack_value.eq(self.ack.payload)
+                m.next = "CTRL_ACK"
+        with m.State("CTRL_ACK"):
+            with m.If(have_ack):
+                m.d.comb += request(wr_req, ack_addr, spec.VIRTIO_NET_CTRL_ACK_SIZE)
+                with m.If(wr_req.ready):
+                    m.d.sync += used_len.eq(spec.VIRTIO_NET_CTRL_ACK_SIZE)
+                    m.next = "CTRL_ACK_DATA"
+            with m.Else():
+                # no writable buffer: nowhere to answer; returned with len 0
+                m.d.sync += used_len.eq(0)
+                m.next = "WRITE_USED_ELEM"
+        with m.State("CTRL_ACK_DATA"):
+            m.d.comb += [wr.valid.eq(1), wr.payload.data.eq(ack_value), wr.payload.last.eq(1)]
+            with m.If(wr.ready):
+                m.next = "WRITE_USED_ELEM"
+        with m.State("CTRL_ERROR_END"):
+            m.d.comb += [self.cmd.valid.eq(1), self.cmd.payload.last.eq(1)]
+            with m.If(self.cmd.ready):
+                m.next = "CTRL_ERROR_WAIT"
+        with m.State("CTRL_ERROR_WAIT"):
+            m.d.comb += self.ack.ready.eq(1)
+            with m.If(self.ack.valid):
+                m.next = "ERROR"

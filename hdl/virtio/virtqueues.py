@@ -1,15 +1,18 @@
-"""The device side of every virtqueue: a TX ring engine and an RX ring engine
+"""The device side of every virtqueue: a TX, an RX and a control ring engine
 working side by side, sharing the DMA requester.
 
     doorbell ──┬──> RingEngine(TX) ──> tx (frames to the TX frame buffer)
                │        │ dma_rd, dma_wr
-               └──> RingEngine(RX) <── rx_seg (the RX frame buffer's head frame)
+               ├──> RingEngine(RX) <── rx_seg (the RX frame buffer's head frame)
+               │        │ dma_rd, dma_wr
+               └──> RingEngine(CTRL) ──> cmd (control commands), <── ack
                         │ dma_rd, dma_wr
                DmaReadMux ──> dma_rd      DmaWriteMux ──> dma_wr
 
-Two engines, so that transmit and receive overlap: a TX buffer read and an
-RX buffer write use the link's two directions at once. An error in either
-stops both (the device needs a reset, section 2.1.1).
+Separate engines, so that transmit and receive overlap (a TX buffer read and
+an RX buffer write use the link's two directions at once) and a control
+command never waits behind traffic. An error in any stops all (the device
+needs a reset, section 2.1.1).
 """
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
@@ -24,7 +27,8 @@ from .ring_engine import RingEngine, RingError, Role
 
 __all__ = ["Virtqueues"]
 
-_CLIENT = {Role.TX: 0, Role.RX: 1}     # DMA mux inputs
+_CLIENT = {Role.TX: 0, Role.RX: 1, Role.CTRL: 2}     # DMA mux inputs
+CTRL_MAX_COMMAND = 256     # bytes of class, command and data the control engine passes on
 
 
 class Virtqueues(wiring.Component):
@@ -32,7 +36,8 @@ class Virtqueues(wiring.Component):
         mrg_rxbuf:  In(1), VIRTIO_NET_F_MRG_RXBUF negotiated.
         tx_queue:   Out(8), the queue the TX pulses (tx_sent, tx_empty) refer to.
         rx_queue:   Out(8), the queue the RX pulses (rx_delivered, rx_too_big) refer to.
-        error:      Out(RingError), the first engine error (TX's if both).
+        cmd, cmd_bad, ack: the control engine's command stream and answer.
+        error:      Out(RingError), an engine's error (TX's, else RX's, else CTRL's).
     """
 
     def __init__(self, *, num_queues, max_tx_frame, initial_idx=0):
@@ -40,6 +45,8 @@ class Virtqueues(wiring.Component):
         self.tx_engine = RingEngine(role=Role.TX, num_queues=num_queues,
                                     max_tx_frame=max_tx_frame, initial_idx=initial_idx)
         self.rx_engine = RingEngine(role=Role.RX, num_queues=num_queues, initial_idx=initial_idx)
+        self.ctrl_engine = RingEngine(role=Role.CTRL, num_queues=num_queues,
+                                      max_tx_frame=CTRL_MAX_COMMAND, initial_idx=initial_idx)
         super().__init__({
             "queues": In(QueueConfig).array(num_queues),
             "run": In(1),
@@ -69,20 +76,26 @@ class Virtqueues(wiring.Component):
             "rx_delivered": Out(1),
             "rx_too_big": Out(1),
             "rx_queue": Out(8),
+            "cmd": Out(ByteStreamSignature),
+            "cmd_bad": Out(1),
+            "ack": In(stream.Signature(8)),
         })
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.tx_engine = tx = self.tx_engine
         m.submodules.rx_engine = rx = self.rx_engine
+        m.submodules.ctrl_engine = ctrl = self.ctrl_engine
+        engines = {Role.TX: tx, Role.RX: rx, Role.CTRL: ctrl}
         m.submodules.read_mux = read_mux = DmaReadMux(len(_CLIENT))
         m.submodules.write_mux = write_mux = DmaWriteMux(len(_CLIENT))
 
         stopped = Signal()                 # an engine failed: neither starts more work
-        with m.If(tx.needs_reset | rx.needs_reset):
+        any_failed = tx.needs_reset | rx.needs_reset | ctrl.needs_reset
+        with m.If(any_failed):
             m.d.sync += stopped.eq(1)
 
-        for role, engine in ((Role.TX, tx), (Role.RX, rx)):
+        for role, engine in engines.items():
             connect(m, engine.dma_rd, read_mux.clients[_CLIENT[role]])
             connect(m, engine.dma_wr, write_mux.clients[_CLIENT[role]])
             m.d.comb += [
@@ -99,9 +112,11 @@ class Virtqueues(wiring.Component):
         connect(m, write_mux.out, wiring.flipped(self.dma_wr))
 
         m.d.comb += [
-            self.used_notify.eq(tx.used_notify | rx.used_notify),
-            self.needs_reset.eq(tx.needs_reset | rx.needs_reset),
-            self.error.eq(Mux(tx.error != RingError.NONE, tx.error, rx.error)),
+            self.used_notify.eq(tx.used_notify | rx.used_notify | ctrl.used_notify),
+            self.needs_reset.eq(any_failed),
+            self.error.eq(Mux(tx.error != RingError.NONE, tx.error,
+                              Mux(rx.error != RingError.NONE, rx.error, ctrl.error))),
+            self.cmd_bad.eq(ctrl.cmd_bad),
             # transmit
             tx.tx_done.eq(self.tx_done),
             tx.tx_space.eq(self.tx_space),
@@ -121,6 +136,8 @@ class Virtqueues(wiring.Component):
             self.rx_queue.eq(rx.queue),
         ]
         connect(m, tx.tx, wiring.flipped(self.tx))
+        connect(m, ctrl.cmd, wiring.flipped(self.cmd))
+        connect(m, wiring.flipped(self.ack), ctrl.ack)
         connect(m, rx.rx_seg_req, wiring.flipped(self.rx_seg_req))
         connect(m, wiring.flipped(self.rx_seg), rx.rx_seg)
         return m

@@ -8,11 +8,12 @@ import math
 import os
 
 import cocotb
+from cocotb.triggers import Timer
 from cocotb.utils import get_sim_time
 
 from driver.virtio_net import VirtioNet, format_mac
 from hdl import spec
-from sim.responder import Host, PingTimeout, WirePeer
+from sim.responder import UDP_ECHO_PORT, Host, PingTimeout, WirePeer
 from sim.tb import TB
 
 # The demo's two hosts: the guest (the driver's side, MAC from the device) and
@@ -29,6 +30,9 @@ REPLY_TIMEOUT_NS = 250_000
 # Test only: requests the wire peer leaves unanswered (sim.responder.Host's
 # ``ignore``, comma-separated: "arp", "echo", "echo:<seq>"), to see the demo fail.
 PEER_IGNORE_ENV = "VNF_DEMO_PEER_IGNORE"
+POLL_NS = 200                      # the guest looks at every receive queue this often
+FLOWS_PER_PAIR = 4                 # UDP echo flows per queue pair: enough to reach every queue
+FLOW_BASE_PORT = 20000
 
 
 class DemoError(AssertionError):
@@ -67,7 +71,21 @@ class GuestStack:
         self.host = Host("guest", format_mac(net.mac), ip)
 
     async def send(self, frame):
-        await self.net.send(frame, 0, timeout_ns=REPLY_TIMEOUT_NS)
+        # the transmit queue by flow (select_queue), as Linux picks it
+        await self.net.send(frame, timeout_ns=REPLY_TIMEOUT_NS)
+
+    async def receive_any(self, timeout_ns):
+        """Frames from every receive queue in use: the device steers flows
+        over them. Polls every POLL_NS until something came or the time is up."""
+        end = _now_ns() + timeout_ns
+        while True:
+            frames = []
+            for pair in range(self.net.curr_queue_pairs):
+                await self.net.poll(pair)
+                frames += self.net.take_received(pair)
+            if frames or _now_ns() >= end:
+                return frames
+            await Timer(POLL_NS, "ns")
 
     async def receive_until(self, done, what):
         deadline = _now_ns() + REPLY_TIMEOUT_NS
@@ -76,7 +94,7 @@ class GuestStack:
             if left <= 0:
                 raise PingTimeout(f"guest: {what}: no answer in {REPLY_TIMEOUT_NS / 1000:g} µs "
                                   "(simulated)")
-            for frame in await self.net.receive(1, 0, timeout_ns=math.ceil(left)):
+            for frame in await self.receive_any(math.ceil(left)):
                 for answer in self.host.handle(frame):
                     await self.send(answer)
         return result
@@ -145,11 +163,34 @@ async def exchange(net, peer, guest, traffic, failures):
         peer_ping["received"] += 1
         peer_ping["rtt_ns"].append(rtt_ns)
 
+    # UDP echo flows (one source port each): flows spread over the transmit
+    # queues by the driver's select_queue and over the receive queues by the
+    # device's steering, so every queue pair carries traffic
+    flows = {"dst": f"{PEER_IP}:{UDP_ECHO_PORT}", "sent": 0, "received": 0}
+    traffic["udp_echo"] = flows
+    expected = {}
+    for n in range(FLOWS_PER_PAIR * net.curr_queue_pairs):
+        port = FLOW_BASE_PORT + n
+        payload = f"flow {n}".encode() * 4
+        expected[(PEER_IP, UDP_ECHO_PORT, port)] = payload
+        await guest.send(guest.host.udp_datagram(PEER_IP, port, UDP_ECHO_PORT, payload))
+        flows["sent"] += 1
+    try:
+        await guest.receive_until(
+            lambda: True if all(k in guest.host.udp_replies for k in expected) else None,
+            f"UDP echo from {PEER_IP}")
+    except PingTimeout as err:
+        failures.append(str(err))
+    flows["received"] = sum(guest.host.udp_replies.get(k) == v for k, v in expected.items())
+    if flows["received"] != flows["sent"]:
+        failures.append(f"UDP echo: {flows['received']} of {flows['sent']} answers came back intact")
+
 
 async def queue_counters(net):
     """Per queue pair: the driver's counters (TX from the pair's transmitq, RX
     from its receiveq) and the drops of driver and device together."""
-    await net.poll_tx(0)                      # count the transmits the device completed
+    for pair in range(net.curr_queue_pairs):   # count the transmits the device completed
+        await net.poll_tx(pair)
     stats = net.stats()
     device = await net.device_stats()
     queues = []

@@ -2,10 +2,11 @@
 
 One cocotb test, `bench`, measures one link setting. $VNF_BENCH (JSON) says
 which: ``{"link": "gen1x1", "read_latency_ns": 500, "points": [{"direction":
-"tx", "frame_bytes": 64, "packets": 300, "warmup": 50}, ...], "latency":
-[64, 1518]}``. The raw figures go to $VNF_OUT as JSON; sim/bench.py turns
-them into the published rows. Progress lines are appended to $VNF_PROGRESS
-(the CLI echoes them). Driven by sim/cli.py, not collected by pytest.
+"tx", "frame_bytes": 64, "packets": 300, "warmup": 50, "queue_pairs": 1},
+...], "latency": [64, 1518]}`` (``queue_pairs`` defaults to 1). The raw
+figures go to $VNF_OUT as JSON; sim/bench.py turns them into the published
+rows. Progress lines are appended to $VNF_PROGRESS (the CLI echoes them).
+Driven by sim/cli.py, not collected by pytest.
 
 Everything is measured in simulated time; the Python driver's own work
 (copying frames, ring updates) costs no simulated time, only its MMIO
@@ -31,22 +32,33 @@ Set-up around the usual TB (sim/tb.py), all from outside its classes:
   (`_monitor_tx_sleeping`, same TLPs at the same times); the pcap recorder
   is switched off.
 
-Method, per point (direction, frame size):
+Method, per point (direction, frame size, queue pairs N):
 
-- TX: the driver keeps TX_AHEAD (64) frames posted ahead of the wire: it
+- pairs: the driver puts N pairs in use (set_channels, VQ_PAIRS_SET) before
+  the point, and 1 again before the latency measurements. Pair n carries one
+  UDP flow (sim/bench.py flow_ports: the source port the device steers to
+  receiveq n); frames carry a sequence number per flow.
+- TX: one pump per active pair, each on its own transmitq with its own
+  flow. Each keeps TX_AHEAD (64) frames of its flow posted ahead of the wire
+  (TX_AHEAD per queue, not shared: N pumps have up to N * TX_AHEAD frames
+  out): it
   posts with ``more`` (xmit_more, no kick) and kicks with the frame that
   reaches TX_AHEAD (or when the queue stops); start_xmit reclaims what the
   device used. 64 frames are eight of the engine's avail batches: the device
   never waits for the driver, and the drain after a point stays short. The
   wire sink is always ready (32 bits a cycle: 4 Gb/s, above 1 GbE). Counted:
-  frames leaving on wire_tx.
+  frames leaving on wire_tx, all flows together. Checked: within each flow
+  the sequence numbers come in order, none lost or duplicated.
 - RX: the wire source sends frames back to back at 1 GbE line rate (one
   every ``frame_bytes + 20`` byte times, `_line_rate_source`), or, with
   ``"rx_load": "port"``, as fast as the core's wire port takes them (a new
-  frame is queued as each one ends). The driver runs NAPI (wait_and_poll:
+  frame is queued as each one ends). Frames take the N flows in turn. The
+  driver runs NAPI on each active pair, one poller each (wait_and_poll:
   interrupt, poll with budget 64, refill). Counted: frames delivered to the
-  driver. Frames the device could not take are its drops (device_stats,
-  read after the point).
+  driver, all queues together. Frames the device could not take are its
+  drops (device_stats, read after the point). Checked: within each flow the
+  sequence numbers only go up (drops skip some), and each frame arrives on
+  its flow's receive queue.
 - both: the two at once, as two tasks; each keeps going until both have
   their count.
 
@@ -92,6 +104,11 @@ IDLE_NS = 5_000                # the device is idle once it sent no TLP for this
 QUIET_NS = 50_000              # an RX drain ends after this long without a frame
 MSI_BASE = 0x8000_0000         # the root complex model's MSI region
 SEQ_BYTES = 4                  # each frame ends with its sequence number
+# Host memory for more than one pair: each pair's rings and buffers (256 receive
+# buffers of 1536 bytes, up to 256 transmit buffers of 1664) take up to 0.8 MiB,
+# and the TB's own region (sim/tb.py, 1 MiB) holds one pair's. The bigger region
+# is aligned to its size (buddy allocator): buffers keep their offsets in a page.
+BENCH_HOST_MEMORY_BYTES = 8 << 20
 PCI_CAPABILITY_LIST = 0x34
 PCI_CAP_ID_EXP = 0x10
 PCI_EXP_DEVCTL = 0x08
@@ -312,25 +329,33 @@ class LinkAccounting:
 
 # --- frames ----------------------------------------------------------------------------------
 
-def frame_maker(frame_bytes, dst):
-    """A UDP frame of ``frame_bytes`` (FCS counted, not sent), its last 4 bytes
-    a sequence number: returns make(seq) -> bytes, and seq_of(frame)."""
+def frame_maker(frame_bytes, dst, sports=(model.FIRST_SPORT,)):
+    """UDP frames of ``frame_bytes`` (FCS counted, not sent), one flow per
+    source port in ``sports``, their last 4 bytes a sequence number: returns
+    make(flow, seq) -> bytes, and flow_seq_of(frame) -> (flow, seq), or None
+    for a frame that is none of them."""
     size = model.dma_frame_bytes(frame_bytes)
-    headers = Ether(src="02:00:00:00:00:02", dst=dst) / IP(src="10.0.0.2", dst="10.0.0.1") \
-        / UDP(sport=9, dport=9, chksum=0)             # no UDP checksum: the sequence number varies
-    filler = (bytes(range(256)) * 6)[:size - len(headers)]
-    template = bytes(headers / Raw(filler))[:-SEQ_BYTES]
-    assert len(template) + SEQ_BYTES == size
+    templates = {}
+    for flow, sport in enumerate(sports):
+        headers = Ether(src="02:00:00:00:00:02", dst=dst) \
+            / IP(src=model.FLOW_SRC_IP, dst=model.FLOW_DST_IP) \
+            / UDP(sport=sport, dport=model.FLOW_DPORT, chksum=0)   # no checksum: the seq varies
+        filler = (bytes(range(256)) * 6)[:size - len(headers)]
+        template = bytes(headers / Raw(filler))[:-SEQ_BYTES]
+        assert len(template) + SEQ_BYTES == size
+        templates[template] = flow
+    by_flow = list(templates)
 
-    def make(seq):
-        return template + seq.to_bytes(SEQ_BYTES, "big")
+    def make(flow, seq):
+        return by_flow[flow] + seq.to_bytes(SEQ_BYTES, "big")
 
-    def seq_of(frame):
-        if len(frame) != size or frame[:-SEQ_BYTES] != template:
+    def flow_seq_of(frame):
+        flow = templates.get(bytes(frame[:-SEQ_BYTES])) if len(frame) == size else None
+        if flow is None:
             return None
-        return int.from_bytes(frame[-SEQ_BYTES:], "big")
+        return flow, int.from_bytes(frame[-SEQ_BYTES:], "big")
 
-    return make, seq_of
+    return make, flow_seq_of
 
 
 # --- the bench --------------------------------------------------------------------------------
@@ -348,7 +373,7 @@ class Bench:
         self.on_rx = None
         self.on_source_frame = None
         tb.wire_sink.add_callback(lambda frame: self.on_tx and self.on_tx(frame))
-        net.on_receive = lambda pair, frame: self.on_rx and self.on_rx(frame)
+        net.on_receive = lambda pair, frame: self.on_rx and self.on_rx(pair, frame)
         tb.wire_source.on_frame.append(lambda frame: self.on_source_frame and
                                        self.on_source_frame(frame))
         # no pcap for the bench: it would cost wall time for every frame
@@ -358,18 +383,26 @@ class Bench:
         stats = await self.net.device_stats()
         return sum(stats.drops.values())
 
-    async def point(self, direction, frame_bytes, packets, warmup):
-        """One measurement; returns the raw figures (see sim/bench.py finish_result)."""
+    async def point(self, direction, frame_bytes, packets, warmup, pairs=1):
+        """One measurement with ``pairs`` queue pairs in use; returns the raw
+        figures (see sim/bench.py finish_result)."""
         tb, net = self.tb, self.net
-        make, seq_of = frame_maker(frame_bytes, net.mac.hex(":") if net.mac else "ff:ff:ff:ff:ff:ff")
+        if net.curr_queue_pairs != pairs:
+            await net.set_channels(pairs)
+        sports = model.flow_ports(pairs)
+        make, flow_seq_of = frame_maker(frame_bytes, net.mac.hex(":") if net.mac else
+                                        "ff:ff:ff:ff:ff:ff", sports)
         target = warmup + packets
         tx_on = direction in ("tx", "both")
         rx_on = direction in ("rx", "both")
         tx_times, rx_times = [], []
+        tx_flows, rx_queues = [], []        # per frame: its flow (its pair) / its receive queue
+        tx_on_wire = [0] * pairs            # per flow
         errors = {"tx": 0, "rx": 0}
-        expect = {"tx": 0, "rx": 0}
+        expect = {"tx": [0] * pairs, "rx": [0] * pairs}
         stop = Event()
-        wire_moved = Event()
+        wire_moved = [Event() for _ in range(pairs)]    # per flow: a frame left
+        any_moved = Event()
 
         def check_stop():
             if not stop.is_set() and (not tx_on or len(tx_times) >= target) \
@@ -377,44 +410,63 @@ class Bench:
                 stop.set()
 
         def on_tx(frame):
-            seq = seq_of(frame)
-            if seq != expect["tx"]:
+            got = flow_seq_of(frame)
+            if got is None:
                 errors["tx"] += 1
-            expect["tx"] = (seq if seq is not None else expect["tx"]) + 1
+                flow = -1
+            else:
+                flow, seq = got
+                if seq != expect["tx"][flow]:       # in order, none lost or duplicated
+                    errors["tx"] += 1
+                expect["tx"][flow] = seq + 1
+                tx_on_wire[flow] += 1
+                wire_moved[flow].set()
             tx_times.append(_now())
-            wire_moved.set()
+            tx_flows.append(flow)
+            any_moved.set()
             check_stop()
 
-        def on_rx(frame):
-            seq = seq_of(frame)
-            if seq is None or seq < expect["rx"]:     # drops skip numbers; nothing goes back
+        def on_rx(pair, frame):
+            got = flow_seq_of(frame)
+            if got is None:
                 errors["rx"] += 1
             else:
-                expect["rx"] = seq + 1
+                flow, seq = got
+                # drops skip numbers; nothing goes back, and a flow keeps its queue
+                if seq < expect["rx"][flow] or pair != flow:
+                    errors["rx"] += 1
+                expect["rx"][flow] = max(expect["rx"][flow], seq + 1)
             rx_times.append(_now())
+            rx_queues.append(pair)
             check_stop()
+
+        def source_frame(k):                # the k-th offered frame: the flows in turn
+            return make(k % pairs, k // pairs)
 
         self.on_tx, self.on_rx = on_tx, on_rx
         drops_before = await self._device_drops() if rx_on else 0
         tasks = []
-        posted = [0]
+        posted = [0] * pairs
         offered = [0]
         if tx_on:
-            tasks.append(cocotb.start_soon(
-                self._tx_pump(make, posted, lambda: len(tx_times), wire_moved, stop)))
+            for pair in range(pairs):
+                tasks.append(cocotb.start_soon(
+                    self._tx_pump(make, pair, posted, tx_on_wire, wire_moved[pair], stop)))
         if rx_on:
             if self.rx_load == "port":
                 def on_source_frame(frame):         # the next frame as each one ends
                     if not stop.is_set():
-                        tb.wire_source.send_nowait(make(offered[0]))
+                        tb.wire_source.send_nowait(source_frame(offered[0]))
                         offered[0] += 1
                 self.on_source_frame = on_source_frame
                 for _ in range(2):
-                    tb.wire_source.send_nowait(make(offered[0]))
+                    tb.wire_source.send_nowait(source_frame(offered[0]))
                     offered[0] += 1
             else:
-                tasks.append(cocotb.start_soon(self._line_rate_source(make, frame_bytes, offered, stop)))
-            tasks.append(cocotb.start_soon(self._rx_napi(stop)))
+                tasks.append(cocotb.start_soon(
+                    self._line_rate_source(source_frame, frame_bytes, offered, stop)))
+            for pair in range(pairs):
+                tasks.append(cocotb.start_soon(self._rx_napi(stop, pair)))
 
         # watchdog: progress or fail
         last = (0, _now())
@@ -424,8 +476,9 @@ class Bench:
             if done != last[0]:
                 last = (done, _now())
             elif _now() - last[1] > STALL_NS:
-                raise TimeoutError(f"{direction} {frame_bytes}: no frame for {STALL_NS} ns "
-                                   f"(tx {len(tx_times)}, rx {len(rx_times)}, posted {posted[0]})")
+                raise TimeoutError(f"{direction} {frame_bytes} ({pairs} pairs): no frame for "
+                                   f"{STALL_NS} ns (tx {len(tx_times)}, rx {len(rx_times)}, "
+                                   f"posted {posted})")
 
         # the window: from the later flow's warmup-th frame until the later
         # flow has its count (the other keeps going until then)
@@ -436,10 +489,18 @@ class Bench:
         raw = {"link": self.link.name, "direction": direction, "frame_bytes": frame_bytes,
                "queue_pairs": net.curr_queue_pairs}
         window_packets = 0
-        for name, times, on in (("tx", tx_times, tx_on), ("rx", rx_times, rx_on)):
+        for name, times, queues, on in (("tx", tx_times, tx_flows, tx_on),
+                                        ("rx", rx_times, rx_queues, rx_on)):
             if on:
-                n = bisect.bisect_right(times, t_end) - bisect.bisect_right(times, t_start)
-                raw[name] = {"packets": n, "seconds": (t_end - t_start) * 1e-9}
+                first = bisect.bisect_right(times, t_start)
+                last_ = bisect.bisect_right(times, t_end)
+                n = last_ - first
+                per_queue = [0] * pairs
+                for queue in queues[first:last_]:
+                    if 0 <= queue < pairs:
+                        per_queue[queue] += 1
+                raw[name] = {"packets": n, "seconds": (t_end - t_start) * 1e-9,
+                             "per_queue": per_queue}
                 window_packets += n
         counts, link_bytes = self.acct.window(t_start, t_end)
         raw["window_packets"] = window_packets
@@ -457,71 +518,84 @@ class Bench:
         for task in tasks:
             await task
         if tx_on:
-            sq = net.sq[0]
-            while sq.vq.num_free < sq.vq.num:       # every buffer back
-                await net.wait_and_poll_tx(0, timeout_ns=QUIET_NS)
-            while len(tx_times) < posted[0]:        # the last may still be leaving the FIFO
-                wire_moved.clear()
-                await cocotb.triggers.First(wire_moved.wait(), Timer(QUIET_NS, "ns"))
-                if not wire_moved.is_set():
-                    raise AssertionError(f"{posted[0]} frames posted, {len(tx_times)} on the wire")
+            for pair in range(pairs):
+                sq = net.sq[pair]
+                while sq.vq.num_free < sq.vq.num:       # every buffer back
+                    await net.wait_and_poll_tx(pair, timeout_ns=QUIET_NS)
+            while len(tx_times) < sum(posted):      # the last may still be leaving the FIFO
+                any_moved.clear()
+                await cocotb.triggers.First(any_moved.wait(), Timer(QUIET_NS, "ns"))
+                if not any_moved.is_set():
+                    raise AssertionError(f"{sum(posted)} frames posted, {len(tx_times)} on the wire")
+            errors["tx"] += sum(abs(p - e) for p, e in zip(posted, expect["tx"]))  # lost at the end
+            raw["tx"]["posted"] = list(posted)
         if rx_on:
             self.on_source_frame = None
             await tb.wire_source.wait_idle()
-            await self._rx_drain()
+            await self._rx_drain(pairs)
             drops = await self._device_drops() - drops_before
             raw["rx"].update(offered=offered[0], delivered=len(rx_times), device_drops=drops)
         raw["frame_errors"] = errors["tx"] + errors["rx"]
         self.on_tx = self.on_rx = None
         return raw
 
-    async def _tx_pump(self, make, posted, on_wire, wire_moved, stop):
-        """Keep TX_AHEAD frames posted ahead of the wire until ``stop``.
+    async def _tx_pump(self, make, pair, posted, on_wire, wire_moved, stop):
+        """Keep TX_AHEAD frames of flow ``pair`` posted on transmitq ``pair``
+        ahead of the wire until ``stop``.
 
         Frames go in with ``more`` (xmit_more: no kick) but the one that
         reaches TX_AHEAD, which kicks; the driver also kicks when the queue
         stops. A stopped queue waits for its interrupt (wait_and_poll_tx).
+        ``posted`` and ``on_wire`` are per flow; ``wire_moved`` is set when a
+        frame of this flow leaves.
         """
         net, clk = self.net, self.dut.clk
-        sq = net.sq[0]
+        sq = net.sq[pair]
         while not stop.is_set():
             if sq.stopped:
-                await net.wait_and_poll_tx(0, timeout_ns=STALL_NS // 10)
+                await net.wait_and_poll_tx(pair, timeout_ns=STALL_NS // 10)
                 continue
-            ahead = posted[0] - on_wire()
+            ahead = posted[pair] - on_wire[pair]
             if ahead >= self.tx_ahead:
                 wire_moved.clear()
-                await wire_moved.wait()
+                await cocotb.triggers.First(wire_moved.wait(), stop.wait())
                 continue
-            status = await net.start_xmit(make(posted[0]), 0, more=ahead + 1 < self.tx_ahead)
+            status = await net.start_xmit(make(pair, posted[pair]), pair,
+                                          more=ahead + 1 < self.tx_ahead)
             if status == NETDEV_TX_BUSY:       # the RX poll holds the queue for a moment
                 await RisingEdge(clk)
                 continue
-            posted[0] += 1
+            posted[pair] += 1
         if await sq.vq.kick_prepare():
             await sq.vq.notify()
 
-    async def _line_rate_source(self, make, frame_bytes, offered, stop):
+    async def _line_rate_source(self, source_frame, frame_bytes, offered, stop):
         """Frames into wire_rx back to back at 1 GbE: one every (frame_bytes + 20)
-        byte times of 8 ns (preamble, SFD and the minimum inter-frame gap)."""
+        byte times of 8 ns (preamble, SFD and the minimum inter-frame gap).
+        ``source_frame(k)`` is the k-th frame."""
         slot_ns = (frame_bytes + model.ETH_WIRE_OVERHEAD) * 8
         source = self.tb.wire_source
         start = _now()
         while not stop.is_set():
-            source.send_nowait(make(offered[0]))
+            source.send_nowait(source_frame(offered[0]))
             offered[0] += 1
             await Timer(start + offered[0] * slot_ns - _now(), "ns")
 
-    async def _rx_napi(self, stop):
+    async def _rx_napi(self, stop, pair):
         net = self.net
         while not stop.is_set():
-            await net.wait_and_poll(0, timeout_ns=STALL_NS // 10)
+            await net.wait_and_poll(pair, timeout_ns=STALL_NS // 10)
 
-    async def _rx_drain(self):
-        """Poll until no frame came for QUIET_NS."""
+    async def _rx_drain(self, pairs=1):
+        """Poll each active pair (one task each) until no frame came for QUIET_NS."""
         net = self.net
-        while await net.wait_and_poll(0, timeout_ns=QUIET_NS) or net.rq[0].napi.scheduled:
-            pass
+
+        async def drain(pair):
+            while await net.wait_and_poll(pair, timeout_ns=QUIET_NS) or net.rq[pair].napi.scheduled:
+                pass
+
+        for task in [cocotb.start_soon(drain(pair)) for pair in range(pairs)]:
+            await task
 
     async def _idle(self, quiet_ns=IDLE_NS):
         """Wait until the core has sent no TLP for ``quiet_ns``."""
@@ -535,6 +609,8 @@ class Bench:
     async def latency(self, frame_bytes):
         """Doorbell to wire (TX) and wire to MSI-X (RX) for one frame on an idle device."""
         tb, net, dut = self.tb, self.net, self.dut
+        if net.curr_queue_pairs != 1:               # one pair: the frame's queue is queue 0
+            await net.set_channels(1)
         await self._idle()
         make, _ = frame_maker(frame_bytes, net.mac.hex(":"))
         results = []
@@ -563,7 +639,7 @@ class Bench:
         self.on_tx = lambda frame: arrived.set()
         received_before = len(self.acct.received)
         published = _now()
-        await net.send(make(0))
+        await net.send(make(0, 0))
         await arrived.wait()
         await watcher
         del transport.mmio_write
@@ -594,9 +670,9 @@ class Bench:
         last_beat = []
         self.on_source_frame = lambda frame: last_beat.append(_now())
         sent_before = len(self.acct.sent)
-        tb.wire_source.send_nowait(make(1))
+        tb.wire_source.send_nowait(make(0, 1))
         got = []
-        self.on_rx = got.append
+        self.on_rx = lambda pair, frame: got.append(frame)
         while not got:
             if not await net.wait_and_poll(0, timeout_ns=STALL_NS):
                 if not got:
@@ -634,12 +710,16 @@ async def bench(dut):
     read_latency_ns = cfg.get("read_latency_ns", model.DEFAULT_READ_LATENCY_NS)
 
     tb = TB(dut)
+    if max(point.get("queue_pairs", 1) for point in cfg["points"] or [{}]) > 1:
+        tb.mem = tb.rc.mem_pool.alloc_region(BENCH_HOST_MEMORY_BYTES)   # before init makes the transport
     dev_port, rp_port = set_link(tb, link)
     add_read_latency(tb.rc, read_latency_ns)
     tb.rc.split_on_all_rcb = True
     acct = LinkAccounting(tb, dev_port, rp_port)
     await tb.init()
-    net = VirtioNet(tb.transport, queue_size=QUEUE_SIZE, ring_start_index=tb.params.ring_start_index)
+    # one queue pair to start with; each point puts its own number in use (set_channels)
+    net = VirtioNet(tb.transport, queue_size=QUEUE_SIZE, ring_start_index=tb.params.ring_start_index,
+                    queue_pairs=1)
     await net.probe()
     await net.open()
     devctl = await _read_devctl(tb.transport)
@@ -651,12 +731,13 @@ async def bench(dut):
         started = time.perf_counter()
         sim_started = _now()
         raw = await bench_.point(point["direction"], point["frame_bytes"], point["packets"],
-                                 point["warmup"])
+                                 point["warmup"], point.get("queue_pairs", 1))
         raw["wall_s"] = round(time.perf_counter() - started, 2)
         raw["sim_us"] = round((_now() - sim_started) / 1e3, 1)
         results.append(raw)
         row = model.finish_result(raw)
-        progress(f"{link.name} {point['direction']:4} {point['frame_bytes']:4d} B: "
+        progress(f"{link.name} {point['direction']:4} {point['frame_bytes']:4d} B "
+                 f"{raw['queue_pairs']} pair{'s' if raw['queue_pairs'] > 1 else ''}: "
                  f"{row['gbps']:.3f} Gb/s, {row['mpps']:.4f} Mpps, "
                  f"{row['link_limit_pct']:.1f}% of link limit, {row['line_rate_pct']:.1f}% of 1 GbE, "
                  f"{row['dma_tlps_per_packet']:.2f} DMA TLPs/packet"

@@ -147,7 +147,7 @@ async def features_ok_refused_for_unoffered_feature(dut):
     S = spec.VirtioStatus
     offered = await pci.get_features()
     assert offered == implemented_features()
-    await pci.set_features(offered | spec.VirtioNetF.CTRL_VQ)
+    await pci.set_features(offered | spec.VirtioNetF.GUEST_ANNOUNCE)
     await pci.add_status(S.FEATURES_OK)
     assert not await pci.get_status() & S.FEATURES_OK
     # the same driver with an honest feature set gets through
