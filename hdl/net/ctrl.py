@@ -276,26 +276,31 @@ class ControlCommands(wiring.Component):
                     m.d.sync += [entry.eq(0), value.eq(0), count.eq(_MAC_BYTES),
                                  pos.eq(_DATA + spec.VIRTIO_NET_CTRL_MAC_ENTRIES_SIZE)]
                     m.next = "UC_ENTRIES"
-            with m.State("UC_ENTRIES"):
-                m.d.comb += gathering.eq(entry != n_uc)
-                with m.If(entry == n_uc):
-                    m.d.sync += [entry.eq(0), value.eq(0), count.eq(_MAC_BYTES),
-                                 pos.eq(mc_at + spec.VIRTIO_NET_CTRL_MAC_ENTRIES_SIZE)]
-                    m.next = "MC_ENTRIES"
-                with m.Elif(count == 0):
-                    m.d.comb += [self.uc_w.en.eq(entry < self.uc_entries),
-                                 self.uc_w.addr.eq(entry), self.uc_w.data.eq(field(_MAC_BYTES))]
-                    m.d.sync += [entry.eq(entry + 1), value.eq(0), count.eq(_MAC_BYTES)]
-            with m.State("MC_ENTRIES"):
-                m.d.comb += gathering.eq(entry != n_mc)
-                with m.If(entry == n_mc):
-                    m.d.sync += [self.uc_count.eq(n_uc), self.mc_count.eq(n_mc),
-                                 answer.eq(spec.VIRTIO_NET_OK)]
-                    m.next = "ANSWER"
-                with m.Elif(count == 0):
-                    m.d.comb += [self.mc_w.en.eq(entry < self.mc_entries),
-                                 self.mc_w.addr.eq(entry), self.mc_w.data.eq(field(_MAC_BYTES))]
-                    m.d.sync += [entry.eq(entry + 1), value.eq(0), count.eq(_MAC_BYTES)]
+            def write_entries(state, n, port, size, done):
+                """A state writing the table's n addresses, one per 6 bytes
+                gathered (those beyond the table's size are not kept: its
+                count above the size makes it accept its whole class)."""
+                with m.State(state):
+                    m.d.comb += gathering.eq(entry != n)
+                    with m.If(entry == n):
+                        done()
+                    with m.Elif(count == 0):
+                        m.d.comb += [port.en.eq(entry < size), port.addr.eq(entry),
+                                     port.data.eq(field(_MAC_BYTES))]
+                        m.d.sync += [entry.eq(entry + 1), value.eq(0), count.eq(_MAC_BYTES)]
+
+            def to_multicast():
+                m.d.sync += [entry.eq(0), value.eq(0), count.eq(_MAC_BYTES),
+                             pos.eq(mc_at + spec.VIRTIO_NET_CTRL_MAC_ENTRIES_SIZE)]
+                m.next = "MC_ENTRIES"
+
+            def tables_done():
+                m.d.sync += [self.uc_count.eq(n_uc), self.mc_count.eq(n_mc),
+                             answer.eq(spec.VIRTIO_NET_OK)]
+                m.next = "ANSWER"
+
+            write_entries("UC_ENTRIES", n_uc, self.uc_w, self.uc_entries, to_multicast)
+            write_entries("MC_ENTRIES", n_mc, self.mc_w, self.mc_entries, tables_done)
             with m.State("VLAN"):
                 m.d.comb += gathering.eq(1)
                 with m.If((count == 0) & ~self.vlan_busy):

@@ -70,6 +70,20 @@ _IDX_BYTES = 2             # a le16 ring index (used idx)
 _NUM_BUFFERS_BYTES = 2     # virtio_net_hdr.num_buffers, le16
 
 
+def _read_into(rd, out, length, last):
+    """Statements passing a DMA read of ``length`` bytes (source-aligned DWs)
+    on to byte stream ``out``: the final DW keeps only the read's last bytes;
+    ``last`` marks the beat that ends the stream's packet."""
+    tail = length[:2]
+    return [
+        out.valid.eq(rd.valid),
+        rd.ready.eq(out.ready),
+        out.payload.data.eq(rd.payload.data),
+        out.payload.keep.eq(Mux(rd.payload.last & (tail != 0), (Const(1, 5) << tail) - 1, 0b1111)),
+        out.payload.last.eq(last),
+    ]
+
+
 class Role(enum.Enum):
     """Which queues an engine serves (section 5.1.2: 2n receiveq, 2n+1
     transmitq, the last the controlq)."""
@@ -758,16 +772,8 @@ class RingEngine(wiring.Component):
                 with m.If(rd_req.ready):
                     m.next = "TX_MOVE"
         with m.State("TX_MOVE"):
-            tail = tx_read_len[:2]
             final = ~has_next
-            m.d.comb += [
-                self.tx.valid.eq(rd.valid),
-                rd.ready.eq(self.tx.ready),
-                self.tx.payload.data.eq(rd.payload.data),
-                self.tx.payload.keep.eq(Mux(rd.payload.last & (tail != 0),
-                                            (Const(1, 5) << tail) - 1, 0b1111)),
-                self.tx.payload.last.eq(rd.payload.last & final),
-            ]
+            m.d.comb += _read_into(rd, self.tx, tx_read_len, rd.payload.last & final)
             with m.If(rd.valid & rd.ready & rd.payload.last):
                 with m.If(rd.payload.error):
                     m.d.sync += tx_drop.eq(1)
@@ -954,14 +960,7 @@ class RingEngine(wiring.Component):
             with m.If(rd_req.ready):
                 m.next = "CTRL_MOVE"
         with m.State("CTRL_MOVE"):
-            tail = tx_read_len[:2]
-            m.d.comb += [
-                self.cmd.valid.eq(rd.valid),
-                rd.ready.eq(self.cmd.ready),
-                self.cmd.payload.data.eq(rd.payload.data),
-                self.cmd.payload.keep.eq(Mux(rd.payload.last & (tail != 0),
-                                             (Const(1, 5) << tail) - 1, 0b1111)),
-            ]
+            m.d.comb += _read_into(rd, self.cmd, tx_read_len, 0)
             with m.If(rd.valid & rd.ready & rd.payload.last):
                 with m.If(rd.payload.error):
                     m.d.sync += [fail(RingError.DMA), cmd_bad.eq(1)]
