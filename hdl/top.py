@@ -21,7 +21,7 @@ for tests that need a device advertising something else.
 """
 import dataclasses
 
-from amaranth.hdl import Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -56,6 +56,10 @@ __all__ = ["CoreParams", "VirtioNetCore", "implemented_features"]
 DEFAULT_MAC = bytes.fromhex("02005e100001")      # locally administered
 MAX_QUEUE_PAIRS = 127                             # 255 MSI-X vectors: 4080 bytes of table
 MAX_MTU = 9216                                    # jumbo frames; the frame buffers grow with it
+# TX arbiter inputs: completions to the host's requests, MSI-X messages, the
+# two DMA readers' MRd (TX engine's; RX and control engines'), the DMA writer's MWr
+_ARBITER_INPUTS = ("completions", "msix", "reads_tx", "reads", "writes")
+_READER_TAG_SPACE_BITS = 1  # the top tag bit tells the two readers' completions apart
 TX_BUFFER_FRAMES = 2       # longest frames the TX frame buffer holds (one on the wire, one filling)
 RX_BUFFER_FRAMES = 4       # the RX side holds more: the wire does not wait while the engine serves TX
 
@@ -178,7 +182,7 @@ class VirtioNetCore(wiring.Component):
         m.submodules.config_space = config_space = self.config_space
         m.submodules.transport = transport = self.transport
         m.submodules.device_cfg = device_cfg = self.device_cfg
-        m.submodules.arbiter = arbiter = TxArbiter(4)
+        m.submodules.arbiter = arbiter = TxArbiter(len(_ARBITER_INPUTS))
         m.submodules.packer = packer = DwordPacker()
 
         connect(m, wiring.flipped(self.tlp_rx), unpacker.i)
@@ -190,8 +194,8 @@ class VirtioNetCore(wiring.Component):
         connect(m, rx_reg.o, demux.i)
         connect(m, demux.req, req_reg.i)
         connect(m, req_reg.o, completer.req)
-        connect(m, completer.cpl, arbiter.i[0])
-        connect(m, transport.msix_msg, arbiter.i[1])
+        connect(m, completer.cpl, arbiter.i[_ARBITER_INPUTS.index("completions")])
+        connect(m, transport.msix_msg, arbiter.i[_ARBITER_INPUTS.index("msix")])
         connect(m, arbiter.o, packer.i)
         connect(m, packer.o, wiring.flipped(self.tlp_tx))
         connect(m, completer.cfg, config_space.bus)
@@ -211,17 +215,26 @@ class VirtioNetCore(wiring.Component):
         # The driver's reset of the device (status 0) resets the datapath
         # once both DMA sources stand at a TLP boundary (a TLP cut short would
         # hold the TX arbiter for ever), registered before it fans out.
-        m.submodules.rd_gate = rd_gate = TlpGate()
-        m.submodules.wr_gate = wr_gate = TlpGate()
+        gates = {name: TlpGate() for name in ("reads_tx", "reads", "writes")}
+        for name, gate in gates.items():
+            m.submodules[f"{name}_gate"] = gate
         reset_pending = Signal()
         dev_reset = Signal()
         with m.If(transport.device_reset):
             m.d.sync += reset_pending.eq(1)
         with m.Elif(dev_reset):
             m.d.sync += reset_pending.eq(0)
-        m.d.sync += dev_reset.eq(reset_pending & rd_gate.quiet & wr_gate.quiet & ~dev_reset)
-        m.d.comb += [rd_gate.stop.eq(reset_pending), wr_gate.stop.eq(reset_pending)]
-        m.submodules.dma_read = dma_read = ResetInserter(dev_reset)(DmaReader())
+        all_quiet = Signal()
+        m.d.comb += all_quiet.eq(Cat(gate.quiet for gate in gates.values()).all())
+        m.d.sync += dev_reset.eq(reset_pending & all_quiet & ~dev_reset)
+        m.d.comb += [gate.stop.eq(reset_pending) for gate in gates.values()]
+        # two readers: the TX engine's alone (its long buffer reads would hold
+        # up every other read queued behind them), and the others'; each in
+        # its half of the tag space, both fed every completion
+        m.submodules.dma_read_tx = dma_read_tx = ResetInserter(dev_reset)(
+            DmaReader(tag_space=(0, _READER_TAG_SPACE_BITS)))
+        m.submodules.dma_read = dma_read = ResetInserter(dev_reset)(
+            DmaReader(tag_space=(1, _READER_TAG_SPACE_BITS)))
         m.submodules.dma_write = dma_write = ResetInserter(dev_reset)(DmaWriter())
         m.submodules.engine = engine = ResetInserter(dev_reset)(self.engine)
         m.submodules.tx_packer = tx_packer = ResetInserter(dev_reset)(BytePacker())
@@ -233,24 +246,30 @@ class VirtioNetCore(wiring.Component):
         m.submodules.ctrl = ctrl = ResetInserter(dev_reset)(self.ctrl)
         m.submodules.rx_classifier = classifier = ResetInserter(dev_reset)(self.rx_classifier)
 
-        connect(m, demux.cpl, dma_read.cpl)
-        connect(m, dma_read.tlp, rd_gate.i)
-        connect(m, rd_gate.o, arbiter.i[2])
-        connect(m, dma_write.tlp, wr_gate.i)
-        connect(m, wr_gate.o, arbiter.i[3])
+        m.d.comb += demux.cpl.ready.eq(1)                 # readers always take completions
+        for reader in (dma_read_tx, dma_read):
+            m.d.comb += [reader.cpl.valid.eq(demux.cpl.valid),
+                         reader.cpl.payload.eq(demux.cpl.payload)]
+        for name, source in (("reads_tx", dma_read_tx), ("reads", dma_read), ("writes", dma_write)):
+            connect(m, source.tlp, gates[name].i)
+            connect(m, gates[name].o, arbiter.i[_ARBITER_INPUTS.index(name)])
         # requests go through a register stage: the engine computes ring
         # addresses, the requester splits them; neither waits for the other
-        m.submodules.rd_req_reg = rd_req_reg = ResetInserter(dev_reset)(PipelineRegister(DmaRequest))
+        for name, port, reader in (("rd_tx", engine.dma_rd_tx, dma_read_tx),
+                                   ("rd", engine.dma_rd, dma_read)):
+            req_reg = ResetInserter(dev_reset)(PipelineRegister(DmaRequest))
+            data_skid = ResetInserter(dev_reset)(SkidBuffer(DmaData))
+            m.submodules[f"{name}_req_reg"] = req_reg
+            m.submodules[f"{name}_data_skid"] = data_skid
+            connect(m, port.req, req_reg.i)
+            connect(m, req_reg.o, reader.client.req)
+            connect(m, reader.client.data, data_skid.i)
+            connect(m, data_skid.o, port.data)
         m.submodules.wr_req_reg = wr_req_reg = ResetInserter(dev_reset)(PipelineRegister(DmaRequest))
-        connect(m, engine.dma_rd.req, rd_req_reg.i)
-        connect(m, rd_req_reg.o, dma_read.client.req)
         connect(m, engine.dma_wr.req, wr_req_reg.i)
         connect(m, wr_req_reg.o, dma_write.client.req)
         # data both ways through skid buffers: ready paths stop here too
-        m.submodules.rd_data_skid = rd_skid = ResetInserter(dev_reset)(SkidBuffer(DmaData))
         m.submodules.wr_data_skid = wr_skid = ResetInserter(dev_reset)(SkidBuffer(DmaData))
-        connect(m, dma_read.client.data, rd_skid.i)
-        connect(m, rd_skid.o, engine.dma_rd.data)
         connect(m, engine.dma_wr.data, wr_skid.i)
         connect(m, wr_skid.o, dma_write.client.data)
         m.d.comb += engine.dma_wr.busy.eq(dma_write.client.busy | wr_req_reg.o.valid)
@@ -346,9 +365,9 @@ class VirtioNetCore(wiring.Component):
         ]
         bus_master = (config_space.command & spec.PciCommand.BUS_MASTER) != 0
         mrrs = config_space.devctl[spec.PCIE_DEVCTL_MRRS_SHIFT:][:3]
-        for dma in (dma_read, dma_write):
+        for dma in (dma_read_tx, dma_read, dma_write):
             m.d.comb += [dma.requester_id.eq(completer.completer_id), dma.bus_master.eq(bus_master)]
-        m.d.comb += [dma_read.mrrs.eq(mrrs), dma_write.mps.eq(mps)]
+        m.d.comb += [dma_read_tx.mrrs.eq(mrrs), dma_read.mrrs.eq(mrrs), dma_write.mps.eq(mps)]
 
 
         m.d.comb += [
@@ -360,8 +379,8 @@ class VirtioNetCore(wiring.Component):
             completer.window_length.eq(config_space.window_length),
             config_space.ur_detected.eq(completer.ur_detected),
             config_space.poisoned.eq(completer.poisoned),
-            config_space.received_ur.eq(dma_read.received_ur),
-            config_space.received_ca.eq(dma_read.received_ca),
+            config_space.received_ur.eq(dma_read_tx.received_ur | dma_read.received_ur),
+            config_space.received_ca.eq(dma_read_tx.received_ca | dma_read.received_ca),
             device_cfg.link_up.eq(self.link_up),
             transport.msix_enable.eq((config_space.msix_control & spec.MsixControl.ENABLE) != 0),
             transport.msix_function_mask.eq(

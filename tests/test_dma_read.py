@@ -64,7 +64,7 @@ class Record:
         return self.sent < self.stop
 
 
-def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256,
+def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256, tag_space=(0, 0),
               timeout_cycles=125_000, fates=None, reorder=True, p_req=0.6, p_tlp_ready=0.7,
               p_cpl_gap=0.2, p_data_ready=0.7, p_junk=0.0, latency=(4, 60),
               bus_master_off=(), reads=None, max_cycles=200_000):
@@ -74,7 +74,8 @@ def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256,
     fates = fates or {}
     memory = HostMemory(seed)
     reads = reads or [random_read(rng, max_length) for _ in range(n_reads)]
-    dut = DmaReader(tags=tags, slot_bytes=slot_bytes, timeout_cycles=timeout_cycles)
+    dut = DmaReader(tags=tags, slot_bytes=slot_bytes, timeout_cycles=timeout_cycles,
+                    tag_space=tag_space)
     size = min(spec.pcie_size_bytes(mrrs), slot_bytes)
     result = {"tlps": 0, "completions": 0, "junk": 0, "late": 0, "received_ur": 0,
               "received_ca": 0}
@@ -409,3 +410,13 @@ def test_throughput_aligned_reads():
     data_dw = 3 * 2048 // 4
     cpl_dw = data_dw + 3 * r["completions"]
     assert r["cycles"] <= cpl_dw * 1.15 + 60, f"{r['cycles']} cycles for {cpl_dw} completion DWs"
+
+
+@pytest.mark.parametrize("space", [0, 1])
+def test_readers_sharing_the_completions_take_only_their_own(space):
+    """Two readers on one completion stream (the TX engine's and the others'):
+    each tags its requests in its own half of the tag space and drops the
+    other half's completions as strays."""
+    r = run_reads(9 + space, n_reads=14, mrrs=1, tags=8, tag_space=(space, 1), p_junk=0.25)
+    assert r["junk"] > 0
+    assert {rec.tag >> 4 for rec in r["records"]} == {space}, "a tag outside the reader's space"

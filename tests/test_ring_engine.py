@@ -168,10 +168,15 @@ class Bench:
             await serve_dma_read(ctx, dut.dma_rd, self.mem, self.rng, p_stall=self.p_stall,
                                  fail=lambda addr: self.read_fails(addr), log=self.reads)
 
+        async def dma_read_tx(ctx):       # the TX engine's own reader
+            await serve_dma_read(ctx, dut.dma_rd_tx, self.mem, self.rng, p_stall=self.p_stall,
+                                 fail=lambda addr: self.read_fails(addr), log=self.reads)
+
         async def dma_write(ctx):
             await serve_dma_write(ctx, dut.dma_wr, self.mem, self.rng, p_stall=self.p_stall)
 
         sim.add_testbench(dma_read, background=True)
+        sim.add_testbench(dma_read_tx, background=True)
         sim.add_testbench(dma_write, background=True)
         sim.add_testbench(self._doorbell, background=True)
         sim.add_testbench(self._tx_sink, background=True)

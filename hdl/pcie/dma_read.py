@@ -12,7 +12,7 @@ order, through a `BytePacker` that drops the leading ``addr & 3`` bytes.
                     │ tag ring (wr)
     cpl ──> check ──> reorder RAM [tag slot] ──> drain (rd) ──> BytePacker ──> client.data
 """
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -96,7 +96,7 @@ class DmaReader(wiring.Component):
     timeout). No completion is pending for ever: the reader never hangs.
     """
 
-    def __init__(self, *, tags=8, slot_bytes=256, timeout_cycles=125_000):
+    def __init__(self, *, tags=8, slot_bytes=256, timeout_cycles=125_000, tag_space=(0, 0)):
         if not (1 <= tags <= _MAX_TAGS and tags & (tags - 1) == 0):
             raise ValueError(f"tags must be a power of two from 1 to {_MAX_TAGS}, not {tags}")
         if not (_MIN_SLOT_BYTES <= slot_bytes <= spec.PCIE_REQUEST_BOUNDARY_BYTES
@@ -105,6 +105,10 @@ class DmaReader(wiring.Component):
                              f"to {spec.PCIE_REQUEST_BOUNDARY_BYTES}, not {slot_bytes}")
         if timeout_cycles < 1:
             raise ValueError("timeout_cycles must be positive")
+        space, space_bits = tag_space
+        if not (0 <= space < 1 << space_bits and tags <= 1 << (spec.PCIE_TAG_BITS - space_bits)):
+            raise ValueError(f"tag_space {tag_space}: a value of its bits, leaving room for {tags} tags")
+        self.tag_space = tag_space
         self.tags = tags
         self.slot_bytes = slot_bytes
         self.timeout_cycles = timeout_cycles
@@ -132,6 +136,16 @@ class DmaReader(wiring.Component):
 
         def slot_of(seq):
             return seq[:slot_bits]
+
+        # Tags: the sequence number in the low bits, the reader's tag space in
+        # the top ones, so that readers sharing the completion stream each
+        # recognise only their own completions.
+        space, space_bits = self.tag_space
+        seq_tag_bits = spec.PCIE_TAG_BITS - space_bits
+
+        def tag_of(seq):
+            return Cat(seq[:seq_tag_bits], Const(space, space_bits)) if space_bits \
+                else seq[:spec.PCIE_TAG_BITS]
 
         # --- per-tag state --------------------------------------------------
         # Fixed when the sub-request is sent: a small RAM (LUT RAM).
@@ -205,7 +219,7 @@ class DmaReader(wiring.Component):
         first_be, last_be = byte_enables(m, lo, end_lane, length_dw == 1)
         header = RequestHeader(m, with_data=False, addr=addr, length_dw=length_dw,
                                requester_id=self.requester_id,
-                               tag=wr_seq[:spec.PCIE_TAG_BITS],
+                               tag=tag_of(wr_seq),
                                first_be=first_be, last_be=last_be)
         index = Signal(HEADER_INDEX_BITS)
         final = left == sub_len
@@ -215,7 +229,7 @@ class DmaReader(wiring.Component):
             info_w.data.addr_lo.eq(addr[:spec.PCIE_LOWER_ADDRESS_BITS]),
             info_w.data.sub_len.eq(sub_len),
             info_w.data.last.eq(final),
-            info_w.data.tag.eq(wr_seq[:spec.PCIE_TAG_BITS]),
+            info_w.data.tag.eq(tag_of(wr_seq)),
             info_w.data.sent_at.eq(now),
             info_w.en.eq(issue),
         ]

@@ -7,11 +7,14 @@ working side by side, sharing the DMA requester.
                │        │ dma_rd, dma_wr
                └──> RingEngine(CTRL) ──> cmd (control commands), <── ack
                         │ dma_rd, dma_wr
-               DmaReadMux ──> dma_rd      DmaWriteMux ──> dma_wr
+    TX engine's reads ──> dma_rd_tx (a DMA reader of its own)
+    RX and CTRL reads ──> DmaReadMux ──> dma_rd      all writes ──> DmaWriteMux ──> dma_wr
 
 Separate engines, so that transmit and receive overlap (a TX buffer read and
 an RX buffer write use the link's two directions at once) and a control
-command never waits behind traffic. An error in any stops all (the device
+command never waits behind traffic. The TX engine reads through a DMA reader
+of its own: a reader returns data in request order, and an RX descriptor read
+queued behind a 1518-byte TX buffer read would wait for all of it. An error in any stops all (the device
 needs a reset, section 2.1.1).
 """
 from amaranth.hdl import Module, Mux, Signal
@@ -27,7 +30,8 @@ from .ring_engine import RingEngine, RingError, Role
 
 __all__ = ["Virtqueues"]
 
-_CLIENT = {Role.TX: 0, Role.RX: 1, Role.CTRL: 2}     # DMA mux inputs
+_CLIENT = {Role.TX: 0, Role.RX: 1, Role.CTRL: 2}     # DMA write mux inputs
+_READ_CLIENT = {Role.RX: 0, Role.CTRL: 1}             # DMA read mux inputs (TX reads alone)
 CTRL_MAX_COMMAND = 256     # bytes of class, command and data the control engine passes on
 
 
@@ -38,6 +42,8 @@ class Virtqueues(wiring.Component):
         rx_queue:   Out(8), the queue the RX pulses (rx_delivered, rx_too_big) refer to.
         cmd, cmd_bad, ack: the control engine's command stream and answer.
         error:      Out(RingError), an engine's error (TX's, else RX's, else CTRL's).
+        dma_rd_tx:  Out(DmaReadSignature()), the TX engine's reads (its own reader).
+        dma_rd:     Out(DmaReadSignature()), the RX and CTRL engines' reads.
     """
 
     def __init__(self, *, num_queues, max_tx_frame, initial_idx=0):
@@ -57,6 +63,7 @@ class Virtqueues(wiring.Component):
             "used_notify": Out(num_queues),
             "needs_reset": Out(1),
             "error": Out(RingError),
+            "dma_rd_tx": Out(DmaReadSignature()),
             "dma_rd": Out(DmaReadSignature()),
             "dma_wr": Out(DmaWriteSignature()),
             "tx": Out(ByteStreamSignature),
@@ -87,7 +94,7 @@ class Virtqueues(wiring.Component):
         m.submodules.rx_engine = rx = self.rx_engine
         m.submodules.ctrl_engine = ctrl = self.ctrl_engine
         engines = {Role.TX: tx, Role.RX: rx, Role.CTRL: ctrl}
-        m.submodules.read_mux = read_mux = DmaReadMux(len(_CLIENT))
+        m.submodules.read_mux = read_mux = DmaReadMux(len(_READ_CLIENT))
         m.submodules.write_mux = write_mux = DmaWriteMux(len(_CLIENT))
 
         stopped = Signal()                 # an engine failed: neither starts more work
@@ -96,7 +103,10 @@ class Virtqueues(wiring.Component):
             m.d.sync += stopped.eq(1)
 
         for role, engine in engines.items():
-            connect(m, engine.dma_rd, read_mux.clients[_CLIENT[role]])
+            if role in _READ_CLIENT:
+                connect(m, engine.dma_rd, read_mux.clients[_READ_CLIENT[role]])
+            else:
+                connect(m, engine.dma_rd, wiring.flipped(self.dma_rd_tx))
             connect(m, engine.dma_wr, write_mux.clients[_CLIENT[role]])
             m.d.comb += [
                 engine.run.eq(self.run & ~stopped),
