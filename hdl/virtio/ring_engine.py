@@ -58,10 +58,14 @@ from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
 from .common_cfg import QueueConfig
 
-__all__ = ["BATCH", "DESC_BLOCK", "RingEngine", "RingError", "Role"]
+__all__ = ["BATCH", "DESC_BLOCK", "READ_AHEAD_MAX", "RingEngine", "RingError", "Role"]
 
 BATCH = 8                  # avail entries fetched per read
 DESC_BLOCK = 8             # descriptors fetched per read (the descriptor cache)
+# TX read-ahead only for frames up to this size: small frames are bound by the
+# read's latency, which read-ahead hides; long ones by the link, where an
+# early read only takes link time from the RX engine's reads
+READ_AHEAD_MAX = 512
 _IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
 _IDX_MASK = (1 << _IDX_BITS) - 1
 _DESC_DWORDS = spec.VIRTQ_DESC_SIZE // 4
@@ -381,6 +385,18 @@ class RingEngine(wiring.Component):
             tx_read_len = Signal(16)
             tx_data_len = Signal(33)         # this buffer's frame bytes, before the length check
             seg_addr = Signal(64)
+            if self.role is Role.TX:
+                # read-ahead: the next chain's buffer read, issued while this
+                # chain's data still arrives (see after the FSM)
+                pf_stage = Signal(range(4))  # 0: idle, 1: descriptor, 2: request, 3: 2nd descriptor
+                pf_valid = Signal()          # issued: its data follows this chain's
+                pf_head = Signal(_IDX_BITS)
+                pf_addr = Signal(64)
+                pf_len = Signal(16)
+                pf_d_addr = Signal(64)
+                pf_d_len = Signal(32)
+                pf_d_flags = Signal(16)
+                pf_skip = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))   # header bytes in the buffer
             if is_ctrl:
                 ack_addr = Signal(64)        # the first writable buffer: the ack goes there
                 have_ack = Signal()
@@ -736,6 +752,68 @@ class RingEngine(wiring.Component):
                 # stray read data is taken so the DMA reader never blocks
                 m.d.comb += rd.ready.eq(1)
         m.d.comb += visiting.eq(~ring_fsm.ongoing("IDLE") & ~ring_fsm.ongoing("VISIT"))
+
+        if self.role is Role.TX:
+            # Read-ahead (TX): while the last buffer of chain k streams in,
+            # look up chain k+1 in the head and descriptor caches; if it is a
+            # single plain buffer (no NEXT, WRITE or INDIRECT) longer than the
+            # header, or the 12-byte header then one plain buffer (Linux's two
+            # layouts), of at most READ_AHEAD_MAX bytes, and the frame buffer
+            # has room for both, issue its frame read now. Its data comes right after chain k's, so
+            # the read's latency overlaps chain k's tail, commit and used
+            # element. TX_READ then takes it instead of asking again. Any
+            # other chain shape is read as usual.
+            streaming = ring_fsm.ongoing("TX_MOVE") | ring_fsm.ongoing("TX_WAIT")
+            may_request = (streaming | ring_fsm.ongoing("WRITE_USED_ELEM")
+                           | ring_fsm.ongoing("USED_ELEM_DATA"))
+            following = Signal(range(BATCH + 1))
+            m.d.comb += following.eq(taken + 1)
+            offset = Signal(_IDX_BITS)
+            m.d.comb += offset.eq(pf_head - dc_first)
+            pf_data_len = Signal(33)
+            m.d.comb += pf_data_len.eq(pf_d_len - pf_skip)
+            plain = ((pf_d_flags == 0) & (pf_d_len > pf_skip)
+                     & (pf_data_len <= min(self.max_tx_frame, READ_AHEAD_MAX)))
+            cached_desc = desc_rd.data
+            header_only = ((cached_desc[96:112] == spec.VirtqDescF.NEXT)
+                           & (cached_desc[64:96] == spec.VIRTIO_NET_HDR_SIZE))
+            with m.Switch(pf_stage):
+                with m.Case(0):
+                    with m.If(ring_fsm.ongoing("TX_MOVE") & ~has_next & ~pf_valid & ~in_table
+                              & cache_valid & (following < cached)):
+                        m.d.comb += head_rd.addr.eq(Cat(following[1:3], slot[:slot_bits]))
+                        m.d.sync += [pf_head.eq(head_rd.data.word_select(following[0], _IDX_BITS)),
+                                     pf_stage.eq(1)]
+                with m.Case(1):
+                    with m.If(streaming & dc_valid & ~dc_table & (pf_head < cfg.size)
+                              & (pf_head >= dc_first) & (offset < dc_count)):
+                        m.d.comb += desc_rd.addr.eq(Cat(offset[:3], slot[:slot_bits]))
+                        m.d.sync += [pf_d_addr.eq(cached_desc[0:64]), pf_d_len.eq(cached_desc[64:96]),
+                                     pf_d_flags.eq(cached_desc[96:112])]
+                        with m.If(header_only):
+                            # the frame is in the next descriptor
+                            m.d.sync += [pf_head.eq(cached_desc[112:128]), pf_skip.eq(0),
+                                         pf_stage.eq(3)]
+                        with m.Else():
+                            m.d.sync += [pf_skip.eq(spec.VIRTIO_NET_HDR_SIZE), pf_stage.eq(2)]
+                    with m.Else():
+                        m.d.sync += pf_stage.eq(0)       # not in the caches: read as usual
+                with m.Case(3):
+                    with m.If(streaming & (pf_head < cfg.size) & (pf_head >= dc_first)
+                              & (offset < dc_count)):
+                        m.d.comb += desc_rd.addr.eq(Cat(offset[:3], slot[:slot_bits]))
+                        m.d.sync += [pf_d_addr.eq(cached_desc[0:64]), pf_d_len.eq(cached_desc[64:96]),
+                                     pf_d_flags.eq(cached_desc[96:112]), pf_stage.eq(2)]
+                    with m.Else():
+                        m.d.sync += pf_stage.eq(0)
+                with m.Case(2):
+                    with m.If(~may_request | ~plain):
+                        m.d.sync += pf_stage.eq(0)
+                    with m.Elif(self.tx_space >= tx_read_len + pf_data_len):
+                        m.d.comb += request(rd_req, pf_d_addr + pf_skip, pf_data_len)
+                        with m.If(rd_req.ready):
+                            m.d.sync += [pf_valid.eq(1), pf_stage.eq(0),
+                                         pf_addr.eq(pf_d_addr + pf_skip), pf_len.eq(pf_data_len)]
         return m
 
     # Step 4, transmit (section 5.1.6.2): the header is skipped (no offload
@@ -766,8 +844,17 @@ class RingEngine(wiring.Component):
                 m.d.sync += frame_bytes.eq(frame_bytes + tx_data_len)
                 m.next = "TX_READ"
         with m.State("TX_READ"):
+            pf_valid, pf_addr, pf_len = v["pf_valid"], v["pf_addr"], v["pf_len"]
+            with m.If(pf_valid):
+                # read ahead (see RingEngine.elaborate): its data is next
+                m.d.sync += pf_valid.eq(0)
+                with m.If((pf_addr == seg_addr) & (pf_len == tx_read_len)):
+                    m.next = "TX_MOVE"
+                with m.Else():                       # cannot happen: the caches hold still
+                    m.d.sync += fail(RingError.DMA)
+                    m.next = "ERROR"
             # only once the frame buffer can take the whole read
-            with m.If(self.tx_space >= tx_read_len):
+            with m.Elif(self.tx_space >= tx_read_len):
                 m.d.comb += request(rd_req, seg_addr, tx_read_len)
                 with m.If(rd_req.ready):
                     m.next = "TX_MOVE"
