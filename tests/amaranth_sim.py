@@ -13,3 +13,11 @@ def simulate(dut, testbench, *, vcd=None):
             sim.run()
     else:
         sim.run()
+
+
+def beats(frame):
+    """Dense 32-bit beats of a frame, byte 0 in bits 7:0 (hdl/lib/bytes.py):
+    [(data, keep, last)]."""
+    return [(int.from_bytes(frame[pos:pos + 4].ljust(4, b"\0"), "little"),
+             (1 << len(frame[pos:pos + 4])) - 1, pos + 4 >= len(frame))
+            for pos in range(0, len(frame), 4)]

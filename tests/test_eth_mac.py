@@ -26,6 +26,7 @@ from hdl.eth.mac import EthernetMac, MacCounter
 from hdl.eth.mac_rx import RxDrop
 from hdl.eth.mac_tx import MacTx
 from hdl.eth.rgmii import Rgmii, RgmiiSimPads, add_rx_domain
+from tests.amaranth_sim import beats
 
 CORE_PERIOD = 1 / SYNC_CLK_HZ  # the board's core clock
 ETH_PERIOD = 8e-9           # 125 MHz
@@ -52,12 +53,6 @@ def fcs(frame):
 def padded(frame):
     return frame.ljust(MIN_DATA, b"\0")
 
-
-def beats(frame):
-    """Dense 32-bit beats of a frame: (data, keep, last)."""
-    return [(int.from_bytes(frame[pos:pos + 4].ljust(4, b"\0"), "little"),
-             (1 << len(frame[pos:pos + 4])) - 1, pos + 4 >= len(frame))
-            for pos in range(0, len(frame), 4)]
 
 
 def scapy_frames(rng):

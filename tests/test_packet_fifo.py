@@ -4,19 +4,10 @@ import random
 import pytest
 
 from hdl.net.packet_fifo import DropReason, PacketFifo
-from tests.amaranth_sim import simulate
+from tests.amaranth_sim import beats, simulate
 
 MIN, MAX = 14, 300
 
-
-def beats(frame):
-    """Dense beats of a frame: (data, keep, last)."""
-    out = []
-    for pos in range(0, len(frame), 4):
-        chunk = frame[pos:pos + 4]
-        out.append((int.from_bytes(chunk.ljust(4, b"\0"), "little"), (1 << len(chunk)) - 1,
-                    pos + 4 >= len(frame)))
-    return out
 
 
 def tag_of(frame):

@@ -9,22 +9,13 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from hdl.net.rx_parse import FrameHeadParser
-from tests.amaranth_sim import simulate
+from tests.amaranth_sim import beats, simulate
 
 ETH_HLEN, TAG_LEN, IPV4_HLEN, IPV6_HLEN, PORTS_LEN = 14, 4, 20, 40, 4
 MAX_FRAME = 1518
 
 
 # --- driving a byte stream ------------------------------------------------------
-
-def beats(frame):
-    """Dense beats of a frame: (data, keep, last)."""
-    out = []
-    for pos in range(0, len(frame), 4):
-        chunk = frame[pos:pos + 4]
-        out.append((int.from_bytes(chunk.ljust(4, b"\0"), "little"), (1 << len(chunk)) - 1,
-                    pos + 4 >= len(frame)))
-    return out
 
 
 async def drive_frames(ctx, tap, frames, rng, *, p_idle=0.3, p_stall=0.3, tail=8):
