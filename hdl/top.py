@@ -59,6 +59,9 @@ MAX_MTU = 9216                                    # jumbo frames; the frame buff
 # TX arbiter inputs: completions to the host's requests, MSI-X messages, the
 # two DMA readers' MRd (TX engine's; RX and control engines'), the DMA writer's MWr
 _ARBITER_INPUTS = ("completions", "msix", "reads_tx", "reads", "writes")
+# read requests go first at a TLP boundary (TxArbiter): their data is a round
+# trip away, and one waiting behind the RX engine's writes slows the TX engine
+_URGENT_INPUTS = ("reads_tx", "reads")
 _READER_TAG_SPACE_BITS = 1  # the top tag bit tells the two readers' completions apart
 TX_BUFFER_FRAMES = 2       # longest frames the TX frame buffer holds (one on the wire, one filling)
 RX_BUFFER_FRAMES = 4       # the RX side holds more: the wire does not wait while the engine serves TX
@@ -182,7 +185,8 @@ class VirtioNetCore(wiring.Component):
         m.submodules.config_space = config_space = self.config_space
         m.submodules.transport = transport = self.transport
         m.submodules.device_cfg = device_cfg = self.device_cfg
-        m.submodules.arbiter = arbiter = TxArbiter(len(_ARBITER_INPUTS))
+        m.submodules.arbiter = arbiter = TxArbiter(
+            len(_ARBITER_INPUTS), urgent=[_ARBITER_INPUTS.index(name) for name in _URGENT_INPUTS])
         m.submodules.packer = packer = DwordPacker()
 
         connect(m, wiring.flipped(self.tlp_rx), unpacker.i)

@@ -230,6 +230,7 @@ def cmd_bench(args):
     for link in args.links:
         config = {"link": link, "read_latency_ns": args.read_latency_ns, "rx_load": args.rx_load,
                   "tx_ahead": args.tx_ahead,
+                  "trace": str(Path(args.trace).resolve()) + f".{link}" if args.trace else None,
                   "points": [{"direction": d, "frame_bytes": size, "packets": packets, "warmup": warmup,
                               "queue_pairs": pairs}
                              for size in args.sizes for d in args.directions
@@ -318,6 +319,10 @@ def main(argv=None):
     bench.add_argument("--rx-load", choices=["line", "port"], default="line",
                        help="RX frames back to back at 1 GbE line rate, or as fast as the "
                             "core's wire port takes them (32 bits a cycle) (default: %(default)s)")
+    bench.add_argument("--trace", metavar="FILE",
+                       help="write every DMA TLP (time, direction, kind, address, length, tag) "
+                            "to FILE.<link>, one per line, for looking at what a point spends "
+                            "its time on")
     bench.add_argument("--tx-ahead", type=int, default=64,
                        help="TX frames the driver keeps posted ahead of the wire, per transmit "
                             "queue (at most the ring size less 19; default: %(default)s)")

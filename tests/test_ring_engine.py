@@ -7,7 +7,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hdl import spec
-from hdl.virtio.ring_engine import BATCH, RingError
+from hdl.virtio.ring_engine import BATCH, DESC_BLOCK, RingError
 from hdl.virtio.virtqueues import Virtqueues
 from tests.amaranth_sim import CLOCK_PERIOD
 from tests.ring_model import HostMemory, SplitRing, serve_dma_read, serve_dma_write
@@ -639,6 +639,30 @@ def test_descriptors_are_read_in_blocks():
     table = range(ring.desc, ring.desc + spec.VIRTQ_DESC_SIZE * ring.size)
     desc_reads = [(a, n) for a, n in bench.reads if a in table]
     assert desc_reads == [(ring.desc, 8 * spec.VIRTQ_DESC_SIZE)]
+    assert [f for f, _ in bench.tx_frames] == frames
+
+
+def test_descriptor_blocks_are_aligned_so_heads_going_down_hit_the_cache():
+    # Linux's free list is last freed, first used: in steady state a driver
+    # posts heads 15, 14, ..., 8. Blocks aligned to DESC_BLOCK serve them all
+    # from one read (a block read from the missed descriptor on would miss
+    # on every head).
+    bench = Bench(size=16, seed=37)
+    frames = [random_frame(bench.rng, 100) for _ in range(DESC_BLOCK)]
+    heads = list(reversed(range(DESC_BLOCK, 2 * DESC_BLOCK)))
+
+    async def scenario(ctx, b):
+        for head, f in zip(heads, frames):
+            b.post_tx(f, start_desc=head)
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: len(b.tx_frames) == len(frames))
+
+    bench.run(scenario)
+    ring = bench.rings[TXQ]
+    table = range(ring.desc, ring.desc + spec.VIRTQ_DESC_SIZE * ring.size)
+    desc_reads = [(a, n) for a, n in bench.reads if a in table]
+    assert desc_reads == [(ring.desc + DESC_BLOCK * spec.VIRTQ_DESC_SIZE,
+                           DESC_BLOCK * spec.VIRTQ_DESC_SIZE)]
     assert [f for f, _ in bench.tx_frames] == frames
 
 

@@ -25,14 +25,14 @@ def make_queues(rng, counts, max_len=6):
     return queues
 
 
-def run(queues, rng, *, p_valid, p_gap, p_ready, max_cycles=5000):
+def run(queues, rng, *, p_valid, p_gap, p_ready, max_cycles=5000, urgent=()):
     """Drive the sources and sink; return (output DWs, TLP starts as (source, waiting set), cycles).
 
     A source keeps valid up once raised until that DW is taken (stream rule), may
     leave gaps inside its TLP (p_gap), and only raises valid at random (p_valid)
     before a TLP's first DW.
     """
-    dut = TxArbiter(N)
+    dut = TxArbiter(N, urgent=urgent)
     flat = [[dw for tlp in q for dw in tlp] for q in queues]
     total = sum(len(f) for f in flat)
     out, starts = [], []
@@ -162,6 +162,24 @@ def test_lone_source_gets_through():
     out, _, cycles = run(queues, rng, p_valid=1.0, p_gap=0.0, p_ready=1.0)
     check_no_interleave(out, queues)
     assert cycles == len(out)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_an_urgent_source_waiting_at_a_boundary_goes_next(seed):
+    rng = random.Random(seed)
+    queues = make_queues(rng, [25, 25, 25])
+    # the sink always ready: an offer is taken the cycle it is made (an offer
+    # held for the sink is kept even if an urgent source comes meanwhile)
+    out, starts, _ = run(queues, rng, p_valid=0.5, p_gap=0.3, p_ready=1.0, urgent=(1,))
+    check_no_interleave(out, queues)
+    assert any(granted == 1 and waiting for granted, waiting in starts), "the case never arose"
+    for granted, waiting in starts:
+        assert granted == 1 or 1 not in waiting, "source 1 waited while another went"
+
+
+def test_urgent_sources_must_exist():
+    with pytest.raises(ValueError):
+        TxArbiter(N, urgent=(N,))
 
 
 def test_offered_dw_stays_until_taken():

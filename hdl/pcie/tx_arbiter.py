@@ -11,13 +11,22 @@ __all__ = ["TxArbiter"]
 class TxArbiter(wiring.Component):
     """Round-robin between ``n`` sources; a grant holds from a TLP's first DW to its last.
 
+    Sources listed in ``urgent`` go first: at a TLP boundary, a waiting urgent
+    source wins over the others (round robin among the urgent ones). The core
+    makes its DMA read requests urgent: a read's data is a round trip away, so
+    a 4-DW MRd should not wait behind a train of 128-byte writes; it cannot
+    starve them, since reads in flight are bounded by the readers' tags.
+
     Ports:
         i[n]: In(DwordStreamSignature), one per source (completer, DMA, MSI-X).
         o:    Out(DwordStreamSignature), to the packer.
     """
 
-    def __init__(self, n):
+    def __init__(self, n, *, urgent=()):
+        if not all(0 <= index < n for index in urgent):
+            raise ValueError(f"urgent sources {urgent} are not all among 0..{n - 1}")
         self.n = n
+        self.urgent = frozenset(urgent)
         super().__init__({
             "i": In(DwordStreamSignature).array(n),
             "o": Out(DwordStreamSignature),
@@ -33,13 +42,17 @@ class TxArbiter(wiring.Component):
             m.d.comb += current.eq(grant)
         with m.Else():
             m.d.comb += current.eq(grant)
-            for last in range(self.n):
-                with m.If(grant == last):
-                    # the first valid source after `last`, wrapping round
-                    for offset in reversed(range(1, self.n + 1)):
-                        candidate = (last + offset) % self.n
-                        with m.If(self.i[candidate].valid):
-                            m.d.comb += current.eq(candidate)
+            # the first valid source after the last grant, wrapping round;
+            # then the same among the urgent ones, which overrides (the
+            # later assignment wins)
+            for among in (range(self.n), sorted(self.urgent)):
+                for last in range(self.n):
+                    with m.If(grant == last):
+                        for offset in reversed(range(1, self.n + 1)):
+                            candidate = (last + offset) % self.n
+                            if candidate in among:
+                                with m.If(self.i[candidate].valid):
+                                    m.d.comb += current.eq(candidate)
 
         for index in range(self.n):
             with m.If(current == index):

@@ -8,9 +8,10 @@ requester). It serves one descriptor chain at a time. For a queue it visits:
 1. reads the avail ring's flags and idx (one 4-byte read);
 2. reads up to ``BATCH`` avail ring entries at once into a head cache;
 3. walks each head's chain. Descriptors come from a descriptor cache: a
-   miss reads a block of up to ``DESC_BLOCK`` descriptors from the one
-   missed on, in one read (drivers lay chains out in order, so one read
-   usually serves several chains). Each is checked (index below the queue
+   miss reads the aligned block of ``DESC_BLOCK`` descriptors holding the
+   one missed, in one read (a driver's free list hands out neighbouring
+   descriptors, in either order: Linux's is last freed, first used, so in
+   steady state heads go down; one read usually serves several chains). Each is checked (index below the queue
    size, no longer chain than the queue, NEXT target in range, length
    non-zero, the right direction; an INDIRECT table only when negotiated,
    not nested, not with NEXT, a whole number of descriptors);
@@ -58,14 +59,12 @@ from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
 from .common_cfg import QueueConfig
 
-__all__ = ["BATCH", "DESC_BLOCK", "READ_AHEAD_MAX", "RingEngine", "RingError", "Role"]
+__all__ = ["BATCH", "DESC_BLOCK", "RingEngine", "RingError", "Role"]
 
-BATCH = 8                  # avail entries fetched per read
+_BATCH_BITS = 4
+BATCH = 1 << _BATCH_BITS   # avail entries fetched per read (16: 32 bytes)
 DESC_BLOCK = 8             # descriptors fetched per read (the descriptor cache)
-# TX read-ahead only for frames up to this size: small frames are bound by the
-# read's latency, which read-ahead hides; long ones by the link, where an
-# early read only takes link time from the RX engine's reads
-READ_AHEAD_MAX = 512
+_DESC_BLOCK_BITS = 3       # log2(DESC_BLOCK): blocks are aligned to DESC_BLOCK entries
 _IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
 _IDX_MASK = (1 << _IDX_BITS) - 1
 _DESC_DWORDS = spec.VIRTQ_DESC_SIZE // 4
@@ -298,7 +297,6 @@ class RingEngine(wiring.Component):
         dc_first = Signal(_IDX_BITS)         # index of the first cached descriptor
         dc_count = Signal(range(DESC_BLOCK + 1))
         dc_table = Signal()                  # the entries are of the indirect table being walked
-        dc_offset = Signal(_IDX_BITS)
         saved_dc_valid = per_slot("dc_valid", 1, 0)
         saved_dc_first = per_slot("dc_first", _IDX_BITS, 0)
         saved_dc_count = per_slot("dc_count", (DESC_BLOCK).bit_length(), 0)
@@ -541,7 +539,8 @@ class RingEngine(wiring.Component):
             with m.State("GET_AVAIL_RING"):
                 m.d.comb += rd.ready.eq(1)
                 with m.If(rd.valid):
-                    m.d.comb += [head_wr.en.eq(1), head_wr.addr.eq(Cat(dw[:2], slot[:slot_bits])),
+                    m.d.comb += [head_wr.en.eq(1),
+                                 head_wr.addr.eq(Cat(dw[:_BATCH_BITS - 1], slot[:slot_bits])),
                                  head_wr.data.eq(rd.payload.data)]
                     m.d.sync += dw.eq(dw + 1)
                     with m.If(rd.payload.last):
@@ -553,7 +552,7 @@ class RingEngine(wiring.Component):
 
             # Step 3: the next chain.
             with m.State("NEXT_HEAD"):
-                m.d.comb += head_rd.addr.eq(Cat(taken[1:3], slot[:slot_bits]))
+                m.d.comb += head_rd.addr.eq(Cat(taken[1:_BATCH_BITS], slot[:slot_bits]))
                 head = head_rd.data.word_select(taken[0], _IDX_BITS)
                 m.d.sync += [head_id.eq(head), desc_idx.eq(head)] + new_chain()
                 with m.If(head >= cfg.size):
@@ -563,7 +562,6 @@ class RingEngine(wiring.Component):
                     m.next = "READ_DESC"
 
             with m.State("READ_DESC"):
-                m.d.sync += dc_offset.eq(desc_idx - dc_first)
                 with m.If(dc_valid & (dc_table == in_table) & (desc_idx >= dc_first)
                           & (desc_idx - dc_first < dc_count)):
                     m.next = "CACHED_DESC"
@@ -571,12 +569,13 @@ class RingEngine(wiring.Component):
                     m.next = "READ_DESC_BLOCK"
             with m.State("READ_DESC_BLOCK"):
                 table = Mux(in_table, table_addr, cfg.desc)
-                left = table_size - desc_idx
+                first = Cat(Const(0, _DESC_BLOCK_BITS), desc_idx[_DESC_BLOCK_BITS:])
+                left = table_size - first
                 count = Signal(range(DESC_BLOCK + 1))
                 m.d.comb += count.eq(Mux(left < DESC_BLOCK, left, DESC_BLOCK))
-                m.d.comb += request(rd_req, table + (desc_idx << 4), count << 4)
+                m.d.comb += request(rd_req, table + (first << 4), count << 4)
                 with m.If(rd_req.ready):
-                    m.d.sync += [dw.eq(0), dc_valid.eq(0), dc_first.eq(desc_idx),
+                    m.d.sync += [dw.eq(0), dc_valid.eq(0), dc_first.eq(first),
                                  dc_count.eq(count), dc_table.eq(in_table)]
                     m.next = "GET_DESC_BLOCK"
             with m.State("GET_DESC_BLOCK"):
@@ -591,10 +590,10 @@ class RingEngine(wiring.Component):
                             m.d.sync += fail(RingError.DMA)
                             m.next = "ERROR"
                         with m.Else():
-                            m.d.sync += [dc_valid.eq(1), dc_offset.eq(0)]
+                            m.d.sync += dc_valid.eq(1)
                             m.next = "CACHED_DESC"
             with m.State("CACHED_DESC"):
-                m.d.comb += desc_rd.addr.eq(Cat(dc_offset[:3], slot[:slot_bits]))
+                m.d.comb += desc_rd.addr.eq(Cat(desc_idx[:_DESC_BLOCK_BITS], slot[:slot_bits]))
                 desc = desc_rd.data
                 m.d.sync += [d_addr.eq(desc[0:64]), d_len.eq(desc[64:96]),
                              d_flags.eq(desc[96:112]), d_next.eq(desc[112:128]),
@@ -758,11 +757,14 @@ class RingEngine(wiring.Component):
             # look up chain k+1 in the head and descriptor caches; if it is a
             # single plain buffer (no NEXT, WRITE or INDIRECT) longer than the
             # header, or the 12-byte header then one plain buffer (Linux's two
-            # layouts), of at most READ_AHEAD_MAX bytes, and the frame buffer
-            # has room for both, issue its frame read now. Its data comes right after chain k's, so
-            # the read's latency overlaps chain k's tail, commit and used
-            # element. TX_READ then takes it instead of asking again. Any
-            # other chain shape is read as usual.
+            # layouts), no longer than a frame, and the frame buffer has room
+            # for both, issue its frame read now. Its data comes right after
+            # chain k's, so the read's latency overlaps chain k's tail, commit
+            # and used element. TX_READ then takes it instead of asking
+            # again. Any other chain shape is read as usual. (Long frames
+            # too: the TX engine has a DMA reader of its own, and read
+            # requests go first on the link, so an early 1518-byte read does
+            # not hold up the RX engine's descriptor reads.)
             streaming = ring_fsm.ongoing("TX_MOVE") | ring_fsm.ongoing("TX_WAIT")
             may_request = (streaming | ring_fsm.ongoing("WRITE_USED_ELEM")
                            | ring_fsm.ongoing("USED_ELEM_DATA"))
@@ -773,7 +775,7 @@ class RingEngine(wiring.Component):
             pf_data_len = Signal(33)
             m.d.comb += pf_data_len.eq(pf_d_len - pf_skip)
             plain = ((pf_d_flags == 0) & (pf_d_len > pf_skip)
-                     & (pf_data_len <= min(self.max_tx_frame, READ_AHEAD_MAX)))
+                     & (pf_data_len <= self.max_tx_frame))
             cached_desc = desc_rd.data
             header_only = ((cached_desc[96:112] == spec.VirtqDescF.NEXT)
                            & (cached_desc[64:96] == spec.VIRTIO_NET_HDR_SIZE))
@@ -781,13 +783,13 @@ class RingEngine(wiring.Component):
                 with m.Case(0):
                     with m.If(ring_fsm.ongoing("TX_MOVE") & ~has_next & ~pf_valid & ~in_table
                               & cache_valid & (following < cached)):
-                        m.d.comb += head_rd.addr.eq(Cat(following[1:3], slot[:slot_bits]))
+                        m.d.comb += head_rd.addr.eq(Cat(following[1:_BATCH_BITS], slot[:slot_bits]))
                         m.d.sync += [pf_head.eq(head_rd.data.word_select(following[0], _IDX_BITS)),
                                      pf_stage.eq(1)]
                 with m.Case(1):
                     with m.If(streaming & dc_valid & ~dc_table & (pf_head < cfg.size)
                               & (pf_head >= dc_first) & (offset < dc_count)):
-                        m.d.comb += desc_rd.addr.eq(Cat(offset[:3], slot[:slot_bits]))
+                        m.d.comb += desc_rd.addr.eq(Cat(pf_head[:_DESC_BLOCK_BITS], slot[:slot_bits]))
                         m.d.sync += [pf_d_addr.eq(cached_desc[0:64]), pf_d_len.eq(cached_desc[64:96]),
                                      pf_d_flags.eq(cached_desc[96:112])]
                         with m.If(header_only):
@@ -801,7 +803,7 @@ class RingEngine(wiring.Component):
                 with m.Case(3):
                     with m.If(streaming & (pf_head < cfg.size) & (pf_head >= dc_first)
                               & (offset < dc_count)):
-                        m.d.comb += desc_rd.addr.eq(Cat(offset[:3], slot[:slot_bits]))
+                        m.d.comb += desc_rd.addr.eq(Cat(pf_head[:_DESC_BLOCK_BITS], slot[:slot_bits]))
                         m.d.sync += [pf_d_addr.eq(cached_desc[0:64]), pf_d_len.eq(cached_desc[64:96]),
                                      pf_d_flags.eq(cached_desc[96:112]), pf_stage.eq(2)]
                     with m.Else():

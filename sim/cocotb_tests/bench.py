@@ -689,6 +689,36 @@ class Bench:
         return results
 
 
+def _describe_sent(packed):
+    """(kind, address, length in bytes, tag) of a TLP the core sent (packed bytes)."""
+    fmt_type, dw_length = packed[0], int.from_bytes(packed[2:4], "big") & 0x3FF
+    tag = packed[6]
+    if fmt_type in (MRD32, MWR32):
+        addr = int.from_bytes(packed[8:12], "big") & ~3
+    elif fmt_type in (MRD64, MWR64):
+        addr = int.from_bytes(packed[8:16], "big") & ~3
+    else:
+        return "cpl", 0, 4 * dw_length, tag
+    if fmt_type in (MRD32, MRD64):
+        return "mrd", addr, 4 * dw_length, tag
+    return ("msix" if _is_msix(packed) else "mwr"), addr, 4 * dw_length, tag
+
+
+def write_trace(path, acct):
+    """Every TLP the core sent or received, in time order: ``time_ns dir kind
+    address length tag`` (dir: up = core to host)."""
+    lines = []
+    for t, packed in zip(acct.sent.times, acct.sent):
+        kind, addr, length, tag = _describe_sent(packed)
+        lines.append((t, f"{t:12.1f} up   {kind:5} {addr:#012x} {length:5d} {tag:3d}"))
+    for t, tlp in zip(acct.received.times, acct.received):
+        kind = {TlpType.CPL: "cpl", TlpType.CPL_DATA: "cpld"}.get(tlp.fmt_type, "mmio")
+        addr = getattr(tlp, "address", 0) if kind == "mmio" else tlp.lower_address
+        lines.append((t, f"{t:12.1f} down {kind:5} {addr:#012x} {4 * tlp.length:5d} {tlp.tag:3d}"))
+    with open(path, "w") as f:
+        f.write("".join(line + "\n" for _, line in sorted(lines, key=lambda item: item[0])))
+
+
 async def _read_devctl(transport):
     """Device Control of the PCI Express capability (walk the capability list)."""
     pointer = await transport.config_read(PCI_CAPABILITY_LIST, 1)
@@ -751,6 +781,8 @@ async def bench(dut):
     for item in latency:
         progress(f"{link.name} latency {item['what']} {item['frame_bytes']} B: {item['ns']:.0f} ns")
 
+    if cfg.get("trace"):
+        write_trace(cfg["trace"], acct)
     tb.check_memory()
     sim_ns = _now()
     wall_s = time.perf_counter() - wall_started
