@@ -59,10 +59,14 @@ from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
 from .common_cfg import QueueConfig
 
-__all__ = ["BATCH", "DESC_BLOCK", "RingEngine", "RingError", "Role"]
+__all__ = ["BATCH", "DESC_BLOCK", "VISIT_CHAINS", "RingEngine", "RingError", "Role"]
 
 _BATCH_BITS = 4
 BATCH = 1 << _BATCH_BITS   # avail entries fetched per read (16: 32 bytes)
+# A TX visit of a queue ends after this many chains when another transmitq
+# has work (the rest of its batch waits in its head cache for the next
+# visit), so queues take turns in steps of 8 frames, not BATCH
+VISIT_CHAINS = 8
 DESC_BLOCK = 8             # descriptors fetched per read (the descriptor cache)
 _DESC_BLOCK_BITS = 3       # log2(DESC_BLOCK): blocks are aligned to DESC_BLOCK entries
 _IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
@@ -266,6 +270,8 @@ class RingEngine(wiring.Component):
         cur_signalled = Signal(_IDX_BITS)
         cur_no_interrupt = Signal()
         visit_used = Signal(_IDX_BITS)       # used idx when the visit began
+        visit_chains = Signal(range(VISIT_CHAINS + 1))   # chains served this visit
+        last_of_visit = Signal()             # the chain under way ends the visit
 
         def enabled(index):
             return self.run & cfgs[index].enable
@@ -368,6 +374,15 @@ class RingEngine(wiring.Component):
         pending_r = Signal()
         target_r = Signal.like(slot)
         m.d.sync += [pending_r.eq(pending), target_r.eq(target)]
+        if self.role is Role.TX and slots > 1:
+            # a visit is cut at VISIT_CHAINS only when another transmitq
+            # waits (registered; a stale view at worst cuts a visit early)
+            waiting = Signal(slots)
+            m.d.comb += waiting.eq(Cat(enabled(index) & (kick[index] | has_work(index))
+                                       for index in range(slots)))
+            others_waiting = Signal()
+            m.d.sync += others_waiting.eq((waiting & ~(1 << slot)) != 0)
+            m.d.comb += last_of_visit.eq((visit_chains == VISIT_CHAINS - 1) & others_waiting)
 
         new_avail = Signal(_IDX_BITS)
         to_wrap = Signal(_IDX_BITS + 1)
@@ -450,6 +465,7 @@ class RingEngine(wiring.Component):
                     m.next = "VISIT"
 
             with m.State("VISIT"):
+                m.d.sync += visit_chains.eq(0)
                 m.d.sync += [cached.eq(saved_cached[slot]), taken.eq(saved_taken[slot]),
                              cache_valid.eq(saved_valid[slot]), dc_valid.eq(saved_dc_valid[slot]),
                              dc_first.eq(saved_dc_first[slot]), dc_count.eq(saved_dc_count[slot]),
@@ -686,6 +702,8 @@ class RingEngine(wiring.Component):
                 # keep going within the batch (RX: while the next frame is
                 # for this queue)
                 more = (taken != cached) & cache_valid
+                m.d.sync += visit_chains.eq(visit_chains + 1)
+                more &= ~last_of_visit
                 with m.If((more & self.rx_valid & (target == slot)) if is_rx else more):
                     m.next = "NEXT_HEAD"
                 with m.Else():
@@ -782,7 +800,7 @@ class RingEngine(wiring.Component):
             with m.Switch(pf_stage):
                 with m.Case(0):
                     with m.If(ring_fsm.ongoing("TX_MOVE") & ~has_next & ~pf_valid & ~in_table
-                              & cache_valid & (following < cached)):
+                              & cache_valid & (following < cached) & ~last_of_visit):
                         m.d.comb += head_rd.addr.eq(Cat(following[1:_BATCH_BITS], slot[:slot_bits]))
                         m.d.sync += [pf_head.eq(head_rd.data.word_select(following[0], _IDX_BITS)),
                                      pf_stage.eq(1)]
