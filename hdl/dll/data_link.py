@@ -29,7 +29,7 @@ must be, 2.6.1), with ``cpl_reserve_dws`` DWs and ``cpl_reserve_tlps`` TLPs of
 the receive buffer kept for them: the core must not have more completion
 data outstanding than that (the DMA reader: 8 reads of at most 256 bytes).
 """
-from amaranth.hdl import Module, Mux, ResetInserter
+from amaranth.hdl import Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -148,17 +148,21 @@ class DataLink(wiring.Component):
             ]
 
         # --- DLLPs received --------------------------------------------------------------
-        received = decoder.dllp.payload
+        # registered first: the CRC check and the Ack's sequence arithmetic
+        # in one cycle were the pcie domain's longest path
+        received = Signal.like(decoder.dllp.payload)
+        received_valid = Signal()
+        link.d.sync += [received.eq(decoder.dllp.payload), received_valid.eq(decoder.dllp.valid)]
         as_ack = AckNakDllp(received)
         as_fc = FcDllp(received)
         is_ack_nak = (as_ack.type == DllpType.ACK) | (as_ack.type == DllpType.NAK)
         is_fc = ((as_fc.fc_kind != 0) & (as_fc.fc_type != 0b11)
                  & (as_fc.reserved == 0) & (as_fc.vc == 0))
         link.d.comb += [
-            transmitter.ack.valid.eq(decoder.dllp.valid & is_ack_nak),
+            transmitter.ack.valid.eq(received_valid & is_ack_nak),
             transmitter.ack.payload.nak.eq(as_ack.type == DllpType.NAK),
             transmitter.ack.payload.seq.eq(as_ack.seq),
-            gate.fc.valid.eq(decoder.dllp.valid & is_fc),
+            gate.fc.valid.eq(received_valid & is_fc),
             gate.fc.payload.kind.eq(as_fc.fc_kind),
             gate.fc.payload.fc_type.eq(as_fc.fc_type),
             gate.fc.payload.hdr.eq(as_fc.hdr_fc),

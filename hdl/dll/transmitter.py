@@ -204,10 +204,22 @@ class TlpTransmitter(wiring.Component):
         start_replay = Signal()          # replay begins now (sender)
         sent_one = Signal()              # a TLP's last beat went out (sender)
 
-        ack = self.ack.payload
+        # An Ack/Nak waits in `held` while the sender ends a TLP (LCRC_Low,
+        # LCRC_High), so that ACKD_SEQ holds still while the sender works out
+        # which TLP to replay next over those two cycles (timing). DLLPs are
+        # three beats long: the next one cannot come before this is applied.
+        held = Signal(AckNak)
+        held_valid = Signal()
+        ending = Signal()                # the sender is in LCRC_Low or LCRC_High
+        apply = held_valid & ~ending
+        with m.If(self.ack.valid):
+            m.d.sync += [held.eq(self.ack.payload), held_valid.eq(1)]
+        with m.Elif(apply):
+            m.d.sync += held_valid.eq(0)
+        ack = held
         forward = _seq_diff(ack.seq, ackd_seq)             # TLPs it acknowledges
         outstanding = _seq_diff(next_seq - 1, ackd_seq)    # TLPs sent, unacknowledged
-        ack_ok = self.ack.valid & (forward <= outstanding)
+        ack_ok = apply & (forward <= outstanding)
         progress = ack_ok & (forward != 0)
         timeout = timer_running & (timer == self.replay_timeout)
         new_replay = (ack_ok & ack.nak) | timeout
@@ -239,6 +251,7 @@ class TlpTransmitter(wiring.Component):
         cur_seq = Signal(SEQ_BITS)
         replaying = Signal()
         replay_end = Signal(SEQ_BITS)
+        following = Signal(SEQ_BITS)     # the TLP to send after it in a replay
         ptr = Signal(addr_bits)
         remaining = Signal(length_bits)
         cur_slot = Signal(slot_layout)
@@ -292,18 +305,19 @@ class TlpTransmitter(wiring.Component):
                     with m.Else():
                         m.next = "Data_Low"
             with m.State("LCRC_Low"):
-                m.d.comb += [self.tx.valid.eq(1), out.data.eq(lcrc.crc[0:16])]
+                m.d.comb += [self.tx.valid.eq(1), out.data.eq(lcrc.crc[0:16]), ending.eq(1)]
+                # skip TLPs an Ack purged during the replay (decided a cycle
+                # ahead; ACKD_SEQ holds still until the TLP has ended)
+                purged = _seq_diff(ackd_seq, cur_seq) < SEQ_HALF
+                m.d.sync += following.eq(Mux(purged, ackd_seq + 1, cur_seq + 1)[:SEQ_BITS])
                 with m.If(accepted):
                     m.next = "LCRC_High"
             with m.State("LCRC_High"):
                 m.d.comb += [self.tx.valid.eq(1), out.data.eq(lcrc.crc[16:32]),
-                             out.last.eq(1)]
+                             out.last.eq(1), ending.eq(1)]
                 with m.If(accepted):
                     m.d.comb += sent_one.eq(1)
-                    following = (cur_seq + 1)[:SEQ_BITS]
-                    # skip TLPs an Ack purged during the replay
-                    purged = _seq_diff(ackd_seq, cur_seq) < SEQ_HALF
-                    after = Mux(purged, ackd_seq + 1, following)[:SEQ_BITS]
+                    after = following
                     with m.If(~replaying):
                         m.d.sync += next_seq.eq(next_seq + 1)
                         m.next = "Idle"

@@ -147,7 +147,7 @@ class MsixTable(wiring.Component):
         m.d.comb += entry.eq(vector * _DW_PER_ENTRY)
         address = Signal(64)
         message_data = Signal(32)
-        is_64 = address[32:] != 0
+        is_64 = Signal()             # 4-DW header: registered as the high DW arrives (timing)
         msg = self.msg
 
         # Message Address (low, high) and Data: entry DWs 0 to 2, read one a
@@ -169,6 +169,8 @@ class MsixTable(wiring.Component):
                 for index, field in enumerate(fields):
                     with m.Case(index):
                         m.d.sync += field.eq(read.data)
+                        if index == 1:           # Message Upper Address
+                            m.d.sync += is_64.eq(read.data != 0)
 
         with m.FSM(name="msix_sender"):
             with m.State("IDLE"):

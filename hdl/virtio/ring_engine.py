@@ -387,7 +387,8 @@ class RingEngine(wiring.Component):
         new_avail = Signal(_IDX_BITS)
         to_wrap = Signal(_IDX_BITS + 1)
         m.d.comb += to_wrap.eq(cfg.size - (next_avail & size_mask))
-        fetch = Signal(range(BATCH + 1))
+        fetch = Signal(range(BATCH + 1))     # avail entries the next read takes
+        entries_addr = Signal(64)            # and where they are
         nothing_done = cur_used == visit_used
 
         # TX gather (and control commands, gathered the same way)
@@ -479,7 +480,7 @@ class RingEngine(wiring.Component):
                 with m.If(cache_valid & (taken != cached)):
                     m.next = "NEXT_HEAD"
                 with m.Elif(cur_seen != cur_last):
-                    m.next = "READ_AVAIL_RING"
+                    m.next = "PLAN_AVAIL_RING"
                 with m.Else():
                     m.next = "READ_AVAIL_IDX"
 
@@ -512,7 +513,7 @@ class RingEngine(wiring.Component):
                         m.next = "NOTHING_NEW"
                     with m.Else():
                         m.d.sync += event_armed.eq(0)
-                        m.next = "READ_AVAIL_RING"
+                        m.next = "PLAN_AVAIL_RING"
             with m.State("NOTHING_NEW"):
                 if is_rx:
                     with m.If(frame_bufs != 0):
@@ -528,7 +529,7 @@ class RingEngine(wiring.Component):
             # Section 2.7.10: ask for a notification once the driver makes
             # entry `next_avail` available, then look again (it may already be).
             with m.State("WRITE_AVAIL_EVENT"):
-                avail_event = cfg.device + spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 3)
+                avail_event = cfg.device + (spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 3))
                 m.d.comb += request(wr_req, avail_event, spec.VIRTQ_EVENT_SIZE)
                 with m.If(wr_req.ready):
                     m.next = "AVAIL_EVENT_DATA"
@@ -543,12 +544,19 @@ class RingEngine(wiring.Component):
                     m.next = "READ_AVAIL_IDX"
 
             # Step 2: a batch of avail entries, not past the ring's end.
-            with m.State("READ_AVAIL_RING"):
+            # (planned a cycle ahead, registered: the count and the address
+            # are the sync domain's longest paths otherwise)
+            with m.State("PLAN_AVAIL_RING"):
                 pending_entries = (cur_seen - next_avail)[:_IDX_BITS]
                 capped = Mux(pending_entries < BATCH, pending_entries, BATCH)
-                m.d.comb += fetch.eq(Mux(to_wrap < capped, to_wrap, capped))
-                entries = cfg.driver + spec.VIRTQ_RING_HEADER_SIZE + ((next_avail & size_mask) << 1)
-                m.d.comb += request(rd_req, entries, fetch << 1)
+                m.d.sync += [
+                    fetch.eq(Mux(to_wrap < capped, to_wrap, capped)),
+                    entries_addr.eq(cfg.driver + (spec.VIRTQ_RING_HEADER_SIZE
+                                                  + ((next_avail & size_mask) << 1))),
+                ]
+                m.next = "READ_AVAIL_RING"
+            with m.State("READ_AVAIL_RING"):
+                m.d.comb += request(rd_req, entries_addr, fetch << 1)
                 with m.If(rd_req.ready):
                     m.d.sync += [cached.eq(fetch), taken.eq(0), cache_valid.eq(1), dw.eq(0)]
                     m.next = "GET_AVAIL_RING"
@@ -665,7 +673,7 @@ class RingEngine(wiring.Component):
             # elements go past the used idx, published with the frame's last.
             with m.State("WRITE_USED_ELEM"):
                 pos = cur_used + frame_bufs
-                elem = cfg.device + spec.VIRTQ_RING_HEADER_SIZE + ((pos & size_mask) << 3)
+                elem = cfg.device + (spec.VIRTQ_RING_HEADER_SIZE + ((pos & size_mask) << 3))
                 m.d.comb += request(wr_req, elem, spec.VIRTQ_USED_ELEM_SIZE)
                 with m.If(wr_req.ready):
                     m.d.sync += dw.eq(0)
@@ -734,7 +742,7 @@ class RingEngine(wiring.Component):
             # Section 2.7.10: used_event, read after the used idx write (a
             # read does not pass a posted write).
             with m.State("READ_USED_EVENT"):
-                used_event_addr = cfg.driver + spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 1)
+                used_event_addr = cfg.driver + (spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 1))
                 m.d.comb += request(rd_req, used_event_addr, spec.VIRTQ_EVENT_SIZE)
                 with m.If(rd_req.ready):
                     m.next = "GET_USED_EVENT"
@@ -1012,7 +1020,7 @@ class RingEngine(wiring.Component):
             with m.Elif((taken != cached) & cache_valid):
                 m.next = "NEXT_HEAD"
             with m.Elif(cur_seen != next_avail):
-                m.next = "READ_AVAIL_RING"
+                m.next = "PLAN_AVAIL_RING"
             with m.Else():
                 m.next = "READ_AVAIL_IDX"
         with m.State("RX_REWIND"):
