@@ -204,33 +204,43 @@ class TlpTransmitter(wiring.Component):
         start_replay = Signal()          # replay begins now (sender)
         sent_one = Signal()              # a TLP's last beat went out (sender)
 
-        # An Ack/Nak waits in `held` while the sender ends a TLP (LCRC_Low,
-        # LCRC_High), so that ACKD_SEQ holds still while the sender works out
-        # which TLP to replay next over those two cycles (timing). DLLPs are
-        # three beats long: the next one cannot come before this is applied.
+        # An Ack/Nak is checked as it arrives (`held_ok`, `held_forward`) and
+        # applied a cycle or more later: it waits in `held` while the sender
+        # ends a TLP (LCRC_Low, LCRC_High), so that ACKD_SEQ holds still
+        # while the sender works out which TLP to replay next over those two
+        # cycles. Both halves are short paths (timing). DLLPs are three beats
+        # long: the next one cannot come before this one is applied, so the
+        # ACKD_SEQ it was checked against is still current when it applies.
+        last_sent = Signal(SEQ_BITS, init=SEQ_MOD - 1)    # NEXT_TRANSMIT_SEQ - 1
         held = Signal(AckNak)
         held_valid = Signal()
+        held_forward = Signal(SEQ_BITS)  # TLPs it acknowledges
+        held_ok = Signal()               # it names a TLP sent and not yet acknowledged, or ACKD_SEQ
         ending = Signal()                # the sender is in LCRC_Low or LCRC_High
         apply = held_valid & ~ending
         with m.If(self.ack.valid):
-            m.d.sync += [held.eq(self.ack.payload), held_valid.eq(1)]
+            arriving = self.ack.payload
+            m.d.sync += [held.eq(arriving), held_valid.eq(1),
+                         held_forward.eq(_seq_diff(arriving.seq, ackd_seq)),
+                         held_ok.eq(_seq_diff(arriving.seq, ackd_seq)
+                                    <= _seq_diff(last_sent, ackd_seq))]
         with m.Elif(apply):
             m.d.sync += held_valid.eq(0)
         ack = held
-        forward = _seq_diff(ack.seq, ackd_seq)             # TLPs it acknowledges
-        outstanding = _seq_diff(next_seq - 1, ackd_seq)    # TLPs sent, unacknowledged
-        ack_ok = apply & (forward <= outstanding)
-        progress = ack_ok & (forward != 0)
+        unacknowledged = last_sent != ackd_seq             # TLPs sent, unacknowledged
+        ack_ok = apply & held_ok
+        progress = ack_ok & (held_forward != 0)
         timeout = timer_running & (timer == self.replay_timeout)
         new_replay = (ack_ok & ack.nak) | timeout
 
         with m.If(progress):
             m.d.sync += ackd_seq.eq(ack.seq)
+        m.d.sync += self.retrain.eq(0)  # a registered pulse (timing: it goes to the LTSSM)
         with m.If(new_replay):
             m.d.sync += [replay_request.eq(1),
                          replay_num.eq(Mux(progress, 0, replay_num) + 1)]
             # 3.6.2.1: REPLAY_NUM rolls over from 11b to 00b: retrain the link
-            m.d.comb += self.retrain.eq(~progress & (replay_num == 3))
+            m.d.sync += self.retrain.eq(~progress & (replay_num == 3))
         with m.Elif(progress):
             m.d.sync += replay_num.eq(0)
         with m.Elif(start_replay):
@@ -240,7 +250,7 @@ class TlpTransmitter(wiring.Component):
             m.d.sync += [timer.eq(0), timer_running.eq(0)]
         with m.Elif(progress):
             # restart while TLPs stay unacknowledged, else stop
-            m.d.sync += [timer.eq(0), timer_running.eq(forward != outstanding)]
+            m.d.sync += [timer.eq(0), timer_running.eq(ack.seq != last_sent)]
         with m.Elif(sent_one & ~timer_running):
             m.d.sync += [timer.eq(0), timer_running.eq(1)]
         with m.Elif(timer_running):
@@ -269,7 +279,7 @@ class TlpTransmitter(wiring.Component):
                 m.d.comb += lcrc.clear.eq(1)
                 with m.If(replay_request):
                     m.d.comb += start_replay.eq(1)
-                    with m.If(outstanding != 0):
+                    with m.If(unacknowledged):
                         m.d.sync += [cur_seq.eq(ackd_seq + 1), replaying.eq(1),
                                      replay_end.eq(next_seq)]
                         m.next = "Load"
@@ -319,7 +329,7 @@ class TlpTransmitter(wiring.Component):
                     m.d.comb += sent_one.eq(1)
                     after = following
                     with m.If(~replaying):
-                        m.d.sync += next_seq.eq(next_seq + 1)
+                        m.d.sync += [next_seq.eq(next_seq + 1), last_sent.eq(next_seq)]
                         m.next = "Idle"
                     with m.Elif(replay_request | (after == replay_end)):
                         m.d.sync += replaying.eq(0)
