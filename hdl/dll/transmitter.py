@@ -154,7 +154,9 @@ class TlpTransmitter(wiring.Component):
         room = Signal()
         m.d.sync += room.eq((free >= total_dws) & (stored_count < self.slots))
 
-        m.d.comb += [
+        # registered (ready in Wait_For_Credit): the credits a TLP needs and
+        # the gate's check in one cycle were the pcie domain's longest path
+        m.d.sync += [
             self.credit.request.fc_type.eq(tlp_credit_type(hdr0)),
             self.credit.request.data.eq(tlp_data_credits(hdr0)),
         ]
@@ -167,7 +169,7 @@ class TlpTransmitter(wiring.Component):
                     m.d.sync += hdr0.eq(beat.data[0:32])
                     m.next = "Size"
             with m.State("Size"):
-                m.next = "Wait_For_Credit"                # total_dws, grant settle
+                m.next = "Wait_For_Credit"                # total_dws, the credit request settle
             with m.State("Wait_For_Credit"):
                 with m.If(self.credit.grant & room):
                     m.d.comb += self.credit.consume.eq(1)
