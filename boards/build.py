@@ -13,22 +13,27 @@ Two entry points:
 `synth_mac`
     The same for the `EthernetMac`, with the ports the board uses (all but
     its counters, which nothing reads yet).
+`synth_pcie`
+    The same for the PCIe side (`boards.pcie.BoardPcieLink`: DCU, soft link,
+    TLP crossings), its pads as top-level ports.
 
 Timing: every clock domain of `VersaTop.clock_frequencies` (``sync``, the
-core, 80 MHz; ``eth_tx`` and ``eth_rx``, the MAC's GMII sides, 125 MHz) is
-constrained, and the result gives nextpnr's fmax for each against its
+core, 70 MHz; ``eth_tx`` and ``eth_rx``, the MAC's GMII sides, 125 MHz;
+``pcie`` and ``pcie_rx``, the DCU's transmit and recovered clocks, 125 MHz)
+is constrained, and the result gives nextpnr's fmax for each against its
 requirement (``domains``, and ``fmax_mhz``/``required_mhz``); ``timing_met``
-needs every domain reported and met.
+needs every domain reported and met. ``utilisation`` is nextpnr's, every
+cell type (DCUA and EXTREFB included).
 
-Coverage check: the board top feeds the core's TLP ports from a handful of
-pins and its frame ports from the MAC, so a harness or wiring mistake (a
-constant input, an unobserved output) makes synthesis delete part of the core
-silently. `check_coverage` compares yosys cell counts of the board build
-against the reference, the core-only plus the MAC-only synthesis (same yosys,
-same ``synth_ecp5``):
+Coverage check: the board top feeds the core's TLP ports from the PCIe link,
+its frame ports from the MAC and ``link_up`` from a switch, so a wiring
+mistake (a constant input, an unobserved output) makes synthesis delete part
+of the core silently. `check_coverage` compares yosys cell counts of the
+board build against the reference, the core-only plus the MAC-only plus the
+PCIe-side-only synthesis (same yosys, same ``synth_ecp5``):
 
 * TRELLIS_FF on the board minus the board's own flops around them (an exact
-  count, `VersaTop.harness_flops`) must be at least `FF_MIN_RATIO` (98%) of
+  count, `VersaTop.board_flops`) must be at least `FF_MIN_RATIO` (98%) of
   the reference. This is the sharp test: measured equal to the flop.
   A constant input or an unobserved output removes the registers behind it.
 * LUT-equivalents (LUT4 + 2 per CCU2C carry cell) on the board must be at
@@ -40,8 +45,8 @@ same ``synth_ecp5``):
 * Hard blocks (DP16KD, TRELLIS_DPR16X4, MULT18X18D, ALU54B) map the same way in
   both flows, so the board must have at least as many as the reference.
 
-Time (2 cores): a few minutes, nextpnr-ecp5 the longest step; `build` runs
-the core-only and MAC-only syntheses in a worker process beside the board flow.
+Time (2 cores): 10 to 20 minutes, nextpnr-ecp5 the longest step; `build`
+runs the reference syntheses in a worker process beside the board flow.
 
 Run ``python -m boards.build [--json] [--out DIR] [--pairs N] [--no-check]``.
 """
@@ -66,7 +71,8 @@ from .versa import VersaPlatform
 
 __all__ = [
     "BuildError", "CoverageError", "FF_MIN_RATIO", "LUT_MIN_RATIO",
-    "toolchain_env", "build", "synth_core", "synth_mac", "check_coverage", "main",
+    "toolchain_env", "build", "synth_core", "synth_mac", "synth_pcie", "check_coverage",
+    "main",
 ]
 
 
@@ -78,6 +84,7 @@ BOARD_STAT_FILE = "top.stat.json"    # yosys stat -json of the board design
 NETLIST_FILE = "top.json"            # yosys write_json, nextpnr's input
 CORE_STAT_FILE = "core.stat.json"    # yosys stat -json of the core alone
 MAC_NAME = "mac"
+PCIE_NAME = "pcie_link"
 
 #: YoWASP executables, by the environment variable Amaranth reads for each tool.
 YOWASP_TOOLS = {
@@ -268,14 +275,33 @@ def _synth_mac(max_frame, out_dir, progress):
 MAC_PORTS_USED = ("tx", "rx", "rx_abort", "gmii_tx", "gmii_rx", *MAC_EVENTS)
 
 
+def synth_pcie(out_dir="build/pcie_link", progress=print):
+    """Synthesise the board's PCIe side (`BoardPcieLink`: DCU, soft PCIe link,
+    TLP crossings) alone for ECP5, every port and pad top-level I/O.
+    Returns ``{cell_type: count}``."""
+    return _synth_pcie(out_dir, progress)[0]
+
+
+def _synth_pcie(out_dir, progress):
+    from .pcie import BoardPcieLink, free_pcie_pads
+    from .top import SYNC_CLK_HZ
+
+    lane, refclk = free_pcie_pads()
+    pcie = BoardPcieLink(lane, refclk, sync_clk_hz=SYNC_CLK_HZ)
+    progress("[elaborate] PCIe side")
+    return _synth_alone(pcie, PCIE_NAME, None, out_dir, progress)
+
+
 def _synth_references_quietly(params, out_dir):
-    """The core-only and MAC-only syntheses, for a worker process (their
-    progress lines would interleave). Returns ``(core_cells, mac_cells, seconds)``."""
+    """The core-only, MAC-only and PCIe-side-only syntheses, for a worker
+    process (their progress lines would interleave). Returns ``(core_cells,
+    mac_cells, pcie_cells, seconds)``."""
     params = _core_params(params)
     quiet = lambda _msg: None
     core_cells, seconds = _synth_core(params, Path(out_dir) / CORE_NAME, quiet)
     mac_cells, mac_seconds = _synth_mac(params.max_frame, Path(out_dir) / MAC_NAME, quiet)
-    return core_cells, mac_cells, {**seconds, **mac_seconds}
+    pcie_cells, pcie_seconds = _synth_pcie(Path(out_dir) / PCIE_NAME, quiet)
+    return core_cells, mac_cells, pcie_cells, {**seconds, **mac_seconds, **pcie_seconds}
 
 
 def _add_cells(*counts):
@@ -290,17 +316,17 @@ def _lut_equivalents(cells):
     return cells.get("LUT4", 0) + LUTS_PER_CCU2C * cells.get("CCU2C", 0)
 
 
-def check_coverage(board_cells, core_cells, *, harness_flops=0):
+def check_coverage(board_cells, core_cells, *, board_flops=0):
     """Raise `CoverageError` unless the board holds (about) all of ``core_cells``
-    (the reference: on the board, the core's plus the MAC's cells).
+    (the reference: on the board, the core's, the MAC's and the PCIe side's cells).
 
-    ``harness_flops`` (known exactly from the harness's construction) is taken
-    off the board's FF count first, so harness registers cannot hide lost core
+    ``board_flops`` (known exactly from the board top's construction) is taken
+    off the board's FF count first, so the top's own registers cannot hide lost core
     registers. Returns ``{metric: {"board": n, "core": n, "ratio": r}}``.
     """
     metrics = {
         "LUT-equivalents": (_lut_equivalents(board_cells), _lut_equivalents(core_cells), LUT_MIN_RATIO),
-        "TRELLIS_FF": (board_cells.get("TRELLIS_FF", 0) - harness_flops,
+        "TRELLIS_FF": (board_cells.get("TRELLIS_FF", 0) - board_flops,
                        core_cells.get("TRELLIS_FF", 0), FF_MIN_RATIO),
     }
     for block in HARD_BLOCKS:
@@ -315,7 +341,7 @@ def check_coverage(board_cells, core_cells, *, harness_flops=0):
     if failures:
         raise CoverageError(
             "the board build lost part of the core (an input tied constant or an output "
-            "not observed by the harness?): " + "; ".join(failures))
+            "not observed on the board?): " + "; ".join(failures))
     return report
 
 
@@ -372,17 +398,18 @@ def build(params=None, out_dir="build/versa", progress=print, *, check=True):
     """Build the Versa bitstream; return timing, utilisation and the bitstream path.
 
     ``params`` is a ``CoreParams`` (default: its defaults). With ``check``,
-    also synthesises the core alone (into ``out_dir/core``) and the MAC alone
-    (``out_dir/mac``) and raises `CoverageError` if the board build visibly
-    lost part of them.
+    also synthesises the core alone (into ``out_dir/core``), the MAC alone
+    (``out_dir/mac``) and the PCIe side alone (``out_dir/pcie_link``) and
+    raises `CoverageError` if the board build visibly lost part of them.
 
     Returns ``{"fmax_mhz": {domain: MHz}, "required_mhz": {domain: MHz},
     "timing_met": bool, "domains": {domain: {"required_mhz", "fmax_mhz", "met",
     "nets"}}, "utilisation": {cell: [used, total]}, "bitstream": path,
     "board_cells": {...}, "core_cells": {...}, "mac_cells": {...},
-    "coverage": {metric: {"board", "core", "ratio"}}, "seconds": {step: s}}``.
-    ``timing_met`` needs every domain of ``required_mhz`` reported and met;
-    ``coverage``'s ``core`` is the reference, core-only plus MAC-only cells.
+    "pcie_cells": {...}, "coverage": {metric: {"board", "core", "ratio"}},
+    "seconds": {step: s}}``. ``timing_met`` needs every domain of
+    ``required_mhz`` reported and met; ``coverage``'s ``core`` is the
+    reference, core-only plus MAC-only plus PCIe-side-only cells.
     The result is also written to ``out_dir/result.json``.
     """
     out = Path(out_dir).resolve()
@@ -401,8 +428,8 @@ def build(params=None, out_dir="build/versa", progress=print, *, check=True):
             max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         core_job = pool.submit(_synth_references_quietly, params, out)
         pool.shutdown(wait=False)
-        progress(f"[core] core-only and MAC-only synthesis started in a worker process "
-                 f"-> {out / CORE_NAME}, {out / MAC_NAME}")
+        progress(f"[core] core-only, MAC-only and PCIe-side-only synthesis started in a "
+                 f"worker process -> {out / CORE_NAME}, {out / MAC_NAME}, {out / PCIE_NAME}")
     progress(f"[elaborate] VersaTop {params!r}")
     top = VersaTop(params)
     platform = VersaPlatform()
@@ -447,20 +474,21 @@ def build(params=None, out_dir="build/versa", progress=print, *, check=True):
     if core_job is not None:
         waited = time.monotonic()
         if not core_job.done():
-            progress("[core] waiting for the core-only and MAC-only synthesis")
+            progress("[core] waiting for the reference syntheses")
         while not core_job.done():
             time.sleep(_POLL_S)
             if time.monotonic() - waited >= HEARTBEAT_S:
                 waited = time.monotonic()
                 progress(f"[core] still running, {waited - start:.0f} s since start")
-        core_cells, mac_cells, core_seconds = core_job.result()
+        core_cells, mac_cells, pcie_cells, core_seconds = core_job.result()
         seconds.update(core_seconds)
-        progress(f"[core] done: core {core_cells}; MAC {mac_cells}")
+        progress(f"[core] done: core {core_cells}; MAC {mac_cells}; PCIe side {pcie_cells}")
         result["core_cells"] = core_cells
         result["mac_cells"] = mac_cells
+        result["pcie_cells"] = pcie_cells
         result["coverage"] = check_coverage(result["board_cells"],
-                                            _add_cells(core_cells, mac_cells),
-                                            harness_flops=top.harness_flops)
+                                            _add_cells(core_cells, mac_cells, pcie_cells),
+                                            board_flops=top.board_flops)
     seconds["total"] = round(time.monotonic() - start, 1)
     result["seconds"] = seconds
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
@@ -486,9 +514,9 @@ def _format_table(result):
             lines.append(f"{cell:<14} {used:>5} {total:>8} {100 * used / total:5.1f}")
     if "coverage" in result:
         lines.append("")
-        lines.append("coverage (yosys cells)   board  core+MAC   ratio")
+        lines.append("coverage (yosys cells)   board  core+MAC+PCIe   ratio")
         for name, entry in result["coverage"].items():
-            lines.append(f"{name:<22} {entry['board']:>7} {entry['core']:>9}   {entry['ratio']:.3f}")
+            lines.append(f"{name:<22} {entry['board']:>7} {entry['core']:>14}   {entry['ratio']:.3f}")
     lines.append("")
     lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
     lines.append(f"bitstream: {result['bitstream']}")

@@ -1,48 +1,76 @@
-"""Versa board top: the portable core, clocked and reset, with the Ethernet MAC
-on one RGMII port and a test harness on the TLP ports.
+"""Versa board top: the portable core, clocked and reset, between the soft PCIe
+link on the board's x1 edge and the Ethernet MAC on one RGMII port.
 
-The frame ports go to the RGMII MAC (`hdl/eth`) on ``eth_rgmii`` 0::
+    PCIe edge (DCU0) <-> BoardPcieLink (boards/pcie.py) <-TLPs, sync-> core <-> EthernetMac <-> RGMII 0
+                         Ecp5PcieSerdes, PcieLink (pcie),
+                         TLP crossings
 
-    core.wire_tx -> EthernetMac.tx ... MacTx -> Rgmii -> TXC/TXD/TX_CTL pins
-    core.wire_rx <- EthernetMac.rx ... MacRx <- Rgmii <- RXC/RXD/RX_CTL pins
-    core.wire_rx_abort <- EthernetMac.rx_abort (with rx's last beat)
+Every core port is served (`LINK_PORTS`, `MAC_PORTS`, `SWITCH_PORTS`):
 
-Until the soft PCIe link exists, nothing on the board speaks TLPs. To make the
-board build contain the *whole* core (synthesis removes logic whose inputs are
-constant or whose outputs go nowhere), `CoreHarness` drives the TLP inputs
-from board pins and observes the TLP outputs on the LEDs:
+* ``tlp_rx``/``tlp_tx``: `BoardPcieLink`: the ECP5 DCU in PCIe mode
+  (`boards/serdes.py`), the physical and data link layers
+  (`hdl/pcie_link.py`, in ``pcie`` at 125 MHz) and an asynchronous FIFO per
+  direction into ``sync``;
+* the frame ports go to the RGMII MAC (`hdl/eth`) on ``eth_rgmii`` 0::
 
-* inputs: ``tlp_rx`` (payload, valid) comes from a shift register whose serial
-  input is the UART RX pin, mixed with a feedback tap so it keeps changing
-  with the pin idle; ``tlp_tx.ready`` and ``link_up`` come from DIP switches;
-* outputs: ``tlp_tx`` (payload, valid), ``tlp_rx.ready`` and the MAC's event
-  pulses enter a MISR (multiple-input signature register), whose slices are
-  XOR-reduced onto the 8 LEDs. A MISR rather than one big XOR: two output bits
-  that happen to be equal would cancel in a plain XOR and let synthesis drop
-  both; in a MISR each bit enters its own state bit.
+      core.wire_tx -> EthernetMac.tx ... MacTx -> Rgmii -> TXC/TXD/TX_CTL pins
+      core.wire_rx <- EthernetMac.rx ... MacRx <- Rgmii <- RXC/RXD/RX_CTL pins
+      core.wire_rx_abort <- EthernetMac.rx_abort (with rx's last beat)
 
-The stimulus is not a protocol-correct TLP source; it only keeps the logic
-alive. The core module is imported lazily (see `load_core_module`) so the
-board code can be imported before ``hdl/top.py`` exists.
+* ``link_up`` (the *Ethernet* link state the driver reads in
+  ``virtio_net_config.status``): DIP switch 1, synchronised. There is no MDIO
+  yet to read the PHY's link state.
+
+So ``make bitstream`` builds the whole design: core, PCIe link and MAC. The
+build checks that none of the core was optimised away (`boards.build`,
+coverage against the core, MAC and PCIe side synthesised alone).
 
 Clocks (every one constrained; see `VersaTop.clock_frequencies`):
 
-* ``sync`` (the core, the MAC's core side): PLL on ``clk100``, `SYNC_CLK_HZ`
-  (70 MHz);
+* ``sync`` (the core, the MAC's core side, the serdes's reset sequencer):
+  PLL on ``clk100``, `SYNC_CLK_HZ` (70 MHz);
 * ``eth_tx`` (GMII transmit, TXC): a second PLL on ``clk100``, 125 MHz (one
-  EHXPLLL cannot make both 80 and 125 MHz within its VCO range);
-* ``eth_rx``: the PHY's RXC pin, constrained to 125 MHz on the pad by `Rgmii`.
+  EHXPLLL cannot make both within its VCO range);
+* ``eth_rx``: the PHY's RXC pin, constrained to 125 MHz on the pad by `Rgmii`;
+* ``pcie``: the DCU's transmit clock, 125 MHz (2.5 GT/s / 20, 16-bit PIPE),
+  from the slot's 100 MHz REFCLK (constrained on the DCU's nets, see
+  `boards.serdes`);
+* ``pcie_rx``: the DCU's recovered receive clock, 125 MHz, local to the serdes.
 
-One board reset (the ``rst`` button, or either PLL not locked) enters a
-`ResetSynchronizer` per PLL domain; ``eth_rx``'s follows ``eth_tx``'s
-(`add_rx_domain`), so the three domains leave reset together, as the MAC
-requires. The PHY's reset pin is held for `PHY_RESET_HOLD_S` after that.
+Resets: one board reset (the ``rst`` button, or either PLL not locked) enters
+a `ResetSynchronizer` per PLL domain; ``eth_rx``'s follows ``eth_tx``'s
+(`add_rx_domain`), so the MAC's three domains leave reset together. The PHY's
+reset pin is held for `PHY_RESET_HOLD_S` after that. PERST# holds the serdes
+(hence ``pcie`` and the link) in reset. The core is held in reset (a
+``ResetInserter`` on ``sync``) while PERST# is asserted, while the DCU's
+transmit side is not running, and while the link is not DL_Up (PCIe Base 4.0
+section 2.9.1: DL_Down is a hot reset for an upstream port); see
+`boards.pcie`. The MAC is not reset with the core.
+
+LEDs (amaranth-boards ``led`` 0..7; 1 = lit, the resource handles the
+active-low pins):
+
+====  ==========================================================================
+LED   shows
+====  ==========================================================================
+0     SERDES ready: the DCU's TX PLL and CDR locked with a signal on the lane
+1     DL_Up: TLPs flow, the core is out of reset
+2-5   LTSSM state, binary, bit 0 on LED 2 (`hdl.phy.ltssm.LtssmState`: 0
+      Detect.Quiet, 1 Detect.Active, 2 Polling.Active, 3 Polling.Configuration,
+      4-9 Configuration.*, 10 L0, 11-13 Recovery.*, 14 Hot Reset)
+6     Ethernet activity: a frame sent or received in the last `LED_HOLD_S`
+7     error in the last `LED_HOLD_S`: a PCIe receiver error (framing, 8b/10b),
+      a MAC transmit underrun or a dropped received frame
+====  ==========================================================================
+
+The core module is imported lazily (see `load_core_module`) so that a
+stand-in core can be used to develop the board code.
 """
 import importlib
 import os
 
-from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Module, Elaboratable, ResetSignal,
-                          Signal, Shape)
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Module, Elaboratable, ResetInserter,
+                          ResetSignal, Shape, Signal)
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -52,16 +80,18 @@ from hdl.eth.gmii import ETH_RX_DOMAIN, ETH_TX_DOMAIN, GMII_CLK_HZ
 from hdl.eth.mac import EthernetMac
 from hdl.eth.mac_rx import RxDrop
 from hdl.eth.rgmii import RESET_SYNC_STAGES as RX_RESET_SYNC_STAGES, Rgmii, add_rx_domain
+from hdl.phy.ltssm import LtssmState
 
+from .pcie import BoardPcieLink, PulseStretcher
 from .pll import Ecp5Pll
-from .versa import CLK100_HZ
+from .versa import CLK100_HZ, request_pcie_pads
 
 
 __all__ = [
     "CORE_MODULE_ENV", "DEFAULT_CORE_MODULE", "LED_COUNT", "SYNC_CLK_HZ", "ETH_TX_CLK_HZ",
-    "ETH_RX_CLK_HZ", "ETH_PORT", "HARNESS_PORTS", "MAC_PORTS", "MAC_EVENTS",
-    "MAC_EVENT_BITS", "PHY_RESET_HOLD_S", "load_core_module", "make_core", "mac_events",
-    "CoreHarness", "PhyResetTimer", "VersaTop",
+    "ETH_RX_CLK_HZ", "ETH_PORT", "LINK_PORTS", "MAC_PORTS", "SWITCH_PORTS", "MAC_EVENTS",
+    "MAC_EVENT_BITS", "PHY_RESET_HOLD_S", "LED_HOLD_S", "Led", "LTSSM_LEDS",
+    "load_core_module", "make_core", "mac_events", "StatusLeds", "PhyResetTimer", "VersaTop",
 ]
 
 
@@ -84,20 +114,22 @@ ETH_RX_CLK_HZ = GMII_CLK_HZ
 ETH_PORT = 0
 LED_COUNT = 8
 
-#: Core ports and who serves them: the harness (pins and LEDs) or the MAC.
-HARNESS_PORTS = ("tlp_rx", "tlp_tx", "link_up")
+#: Core ports and who serves them: the PCIe link, the MAC, a DIP switch.
+LINK_PORTS = ("tlp_rx", "tlp_tx")
 MAC_PORTS = ("wire_tx", "wire_rx", "wire_rx_abort")
-#: The MAC's event pulses (``sync``) the harness observes, so that the
-#: crossings behind them stay in the build. The MAC's counters are not
-#: observed (nothing reads them yet) and synthesis removes them.
+SWITCH_PORTS = ("link_up",)
+#: The MAC's event pulses (``sync``), shown on the LEDs (every bit reaches an
+#: LED, so the crossings behind them stay in the build). The MAC's counters
+#: are not read (nothing reads them yet) and synthesis removes them.
 MAC_EVENTS = ("tx_sent", "tx_underrun", "rx_frame", "rx_drop")
 
 #: How long the PHY's reset pin stays asserted after the board reset ends
 #: (10 ms, the usual minimum for a gigabit PHY's hardware reset).
 PHY_RESET_HOLD_S = 10e-3
+#: How long an event (frame, error) keeps its LED lit: long enough to see.
+LED_HOLD_S = 50e-3
 
-# DIP switches (amaranth-boards resource "switch") driving core inputs.
-SWITCH_TX_READY = 0
+#: DIP switch (amaranth-boards resource "switch") giving the Ethernet link state.
 SWITCH_LINK_UP = 1
 # Flip-flop stages of the pin synchronisers and of the reset synchronisers.
 SYNC_STAGES = 2
@@ -107,10 +139,20 @@ RESET_SYNC_STAGES = 2
 DDR_OE_DELAY_FLOPS = 2
 #: The RGMII DDR outputs: TXC, TX_CTL, TXD[4].
 RGMII_DDR_OUTPUT_WIDTHS = (1, 1, 4)
-# UART TX is not used; hold it at the line's idle level.
-UART_IDLE = 1
-# Feedback tap (distance from the serial end) of the stimulus shift register.
-STIMULUS_TAP = 7
+
+
+class Led:
+    """LED numbers (see the module docstring's table)."""
+    SERDES_READY = 0
+    DL_UP = 1
+    LTSSM = 2          # LEDs 2..5, state bit 0 first
+    ETH_ACTIVITY = 6
+    ERROR = 7
+
+
+#: LEDs showing the LTSSM state (enough for every `LtssmState`).
+LTSSM_LEDS = max(LtssmState).bit_length()
+assert Led.LTSSM + LTSSM_LEDS == Led.ETH_ACTIVITY
 
 
 def load_core_module():
@@ -133,101 +175,59 @@ def mac_events(mac):
 
 #: Bits of `mac_events`: tx_sent, tx_underrun, rx_frame, one per `RxDrop`.
 MAC_EVENT_BITS = 3 + len(RxDrop)
+#: Which bits of `mac_events` are activity (a frame sent, a frame received);
+#: the others (underrun, drops) are errors.
+MAC_ACTIVITY_BITS = (0, 2)
 
 
-def _source_signature(member):
-    """The stream signature of a core port member, as seen by its source."""
-    signature = member.signature
-    if isinstance(signature, wiring.FlippedSignature):
-        signature = signature.flip()
-    return signature
+class StatusLeds(wiring.Component):
+    """The LED map of the module docstring, in ``sync``.
 
-
-def _payload_width(stream_signature):
-    return Shape.cast(stream_signature.members["payload"].shape).width
-
-
-class CoreHarness(wiring.Component):
-    """Drives the core's TLP inputs and ``link_up`` from a few pins; folds the
-    TLP outputs and ``events`` onto LEDs.
-
-    Built from the core's signature, so it follows the core's TLP stream width.
-    The frame ports (`MAC_PORTS`) are the MAC's, not the harness's.
-
-    Ports (directions from the harness's point of view)
-    ---------------------------------------------------
-    serial_in : In(1)
-        Stimulus bit (already synchronised), shifted in every cycle.
-    tx_ready_in : In(1)
-        Becomes the core's ``tlp_tx.ready`` (synchronised).
-    link_up_in : In(1)
-        Becomes the core's ``link_up`` (synchronised).
-    events : In(events)
-        Other outputs to observe (on the board: the MAC's event pulses).
+    Ports (directions from this component)
+    --------------------------------------
+    serdes_ready, dl_up : In(1)
+        LEDs 0 and 1.
+    state : In(LtssmState)
+        LEDs 2..5.
+    mac_events : In(MAC_EVENT_BITS)
+        The MAC's event pulses (`mac_events`): activity on LED 6, errors on 7.
+    pcie_error : In(1)
+        A level, already held long enough to see (`boards.pcie`): LED 7.
     leds : Out(LED_COUNT)
-        XOR-reduced slices of the output signature register.
-    tlp_rx : Out(core's tlp_rx signature)
-        Source feeding the core's ``tlp_rx``; ``ready`` is observed.
-    tlp_tx : In(core's tlp_tx signature)
-        Sink of the core's ``tlp_tx``; payload and valid are observed.
-    link_up : Out(1)
-        Drives the core's ``link_up``.
     """
 
-    def __init__(self, core_signature, *, events=0):
-        members = core_signature.members
-        self._rx_sig = _source_signature(members["tlp_rx"])
-        self._tx_sig = _source_signature(members["tlp_tx"])
-        self.event_width = events
-        super().__init__({
-            "serial_in": In(1),
-            "tx_ready_in": In(1),
-            "link_up_in": In(1),
-            "events": In(events),
-            "leds": Out(LED_COUNT),
-            "tlp_rx": Out(self._rx_sig),
-            "tlp_tx": In(self._tx_sig),
-            "link_up": Out(1),
-        })
+    serdes_ready: In(1)
+    dl_up: In(1)
+    state: In(LtssmState)
+    mac_events: In(MAC_EVENT_BITS)
+    pcie_error: In(1)
+    leds: Out(LED_COUNT)
 
-    @property
-    def stimulus_width(self):
-        """Bits of the stimulus register: TLP rx payload and valid."""
-        return _payload_width(self._rx_sig) + 1
-
-    @property
-    def observed_width(self):
-        """Bits entering the MISR: TLP tx payload and valid, TLP rx ready, events."""
-        return _payload_width(self._tx_sig) + 2 + self.event_width
+    def __init__(self, hold_cycles):
+        self.activity = PulseStretcher(hold_cycles)
+        self.mac_error = PulseStretcher(hold_cycles)
+        super().__init__()
 
     @property
     def flops(self):
-        """Flip-flops this harness adds: stimulus, MISR, LED registers."""
-        return self.stimulus_width + self.observed_width + LED_COUNT
-
-    def observed(self):
-        """Every observed bit, as one value (the MISR's parallel input)."""
-        return Cat(self.tlp_tx.payload, self.tlp_tx.valid, self.tlp_rx.ready, self.events)
+        return self.activity.flops + self.mac_error.flops
 
     def elaborate(self, platform):
         m = Module()
-
-        stimulus = Signal(self.stimulus_width)
-        feedback = stimulus[-1] ^ stimulus[-STIMULUS_TAP] ^ self.serial_in
-        m.d.sync += stimulus.eq(Cat(feedback, stimulus[:-1]))
+        m.submodules.activity = activity = self.activity
+        m.submodules.mac_error = mac_error = self.mac_error
+        activity_bits = Cat(*(self.mac_events[i] for i in MAC_ACTIVITY_BITS))
+        error_bits = Cat(*(self.mac_events[i] for i in range(MAC_EVENT_BITS)
+                           if i not in MAC_ACTIVITY_BITS))
         m.d.comb += [
-            Cat(self.tlp_rx.payload, self.tlp_rx.valid).eq(stimulus),
-            self.tlp_tx.ready.eq(self.tx_ready_in),
-            self.link_up.eq(self.link_up_in),
+            activity.pulse.eq(activity_bits.any()),
+            mac_error.pulse.eq(error_bits.any()),
+            self.leds[Led.SERDES_READY].eq(self.serdes_ready),
+            self.leds[Led.DL_UP].eq(self.dl_up),
+            self.leds[Led.LTSSM:Led.LTSSM + LTSSM_LEDS].eq(self.state),
+            self.leds[Led.ETH_ACTIVITY].eq(activity.active),
+            self.leds[Led.ERROR].eq(mac_error.active | self.pcie_error),
         ]
-
-        signature = Signal(self.observed_width)
-        m.d.sync += signature.eq(Cat(signature[-1], signature[:-1]) ^ self.observed())
-
-        slice_len = -(-self.observed_width // LED_COUNT)
-        for index in range(LED_COUNT):
-            m.d.sync += self.leds[index].eq(
-                signature[index * slice_len:(index + 1) * slice_len].xor())
         return m
 
 
@@ -255,20 +255,27 @@ class PhyResetTimer(wiring.Component):
 
 
 class VersaTop(Elaboratable):
-    """ECP5-5G Versa top around the unchanged `VirtioNetCore` and `EthernetMac`.
+    """ECP5-5G Versa top around the unchanged `VirtioNetCore`, the `EthernetMac`
+    and the PCIe side (`boards.pcie.BoardPcieLink`).
 
     Pins: ``clk100`` (in, 100 MHz; two PLLs make the ``sync`` and ``eth_tx``
-    clocks), ``rst`` button (in, reset, synchronised), ``eth_rgmii`` 0 (RGMII
-    to the PHY: TXC/TXD/TX_CTL out, RXC/RXD/RX_CTL in, PHY reset out, MDC held
-    low, MDIO unused), ``uart.rx`` (in, stimulus), ``uart.tx`` (out, held
-    idle), ``switch`` 0/1 (in, ``tlp_tx.ready``/``link_up``), ``led`` 0..7
-    (out, output signature). The PCIe resources are not requested yet.
+    clocks), ``rst`` button (in, reset, synchronised), ``pcie_x1`` 0 (the
+    edge: TX/RX lane pads to the DCU, PERST# in) and ``pcie_refclk`` 0 (in,
+    100 MHz, to the DCU), ``eth_rgmii`` 0 (RGMII to the PHY: TXC/TXD/TX_CTL
+    out, RXC/RXD/RX_CTL in, PHY reset out, MDC held low, MDIO unused),
+    ``switch`` 1 (in, the Ethernet ``link_up``), ``led`` 0..7 (out, status:
+    the module docstring's table).
 
     ``clock_frequencies`` maps each clock domain to its constrained frequency
     (Hz) for the build report; ``clock_nets`` maps it to the name of a kept
     wire (yosys ``keep``) carrying its clock, by which the build finds the
-    domain of each clock net nextpnr reports.
+    domain of each clock net nextpnr reports. ``pcie_link`` (the
+    `BoardPcieLink`) exists once the top is elaborated (it needs the
+    platform's pads).
     """
+
+    #: Submodule name of the PCIe side (prefix of its clock nets).
+    PCIE_LINK = "pcie_link"
 
     def __init__(self, params=None, *, core=None):
         if core is None:
@@ -277,37 +284,40 @@ class VersaTop(Elaboratable):
         self.params = params
         max_frame = getattr(params, "max_frame", MAX_FRAME_LENGTH)
         self.mac = EthernetMac(max_frame=max_frame)
-        self.harness = CoreHarness(core.signature, events=MAC_EVENT_BITS)
         self.phy_reset_timer = PhyResetTimer(round(PHY_RESET_HOLD_S * SYNC_CLK_HZ))
+        self.status_leds = StatusLeds(round(LED_HOLD_S * SYNC_CLK_HZ))
+        self.pcie_link = None
         self.clock_frequencies = {
             "sync": SYNC_CLK_HZ,
             ETH_TX_DOMAIN: ETH_TX_CLK_HZ,
             ETH_RX_DOMAIN: ETH_RX_CLK_HZ,
+            **BoardPcieLink.CLOCK_FREQUENCIES,
         }
-        self.clock_nets = {domain: f"{domain}_clock" for domain in self.clock_frequencies}
+        self.clock_nets = {domain: f"{domain}_clock"
+                           for domain in ("sync", ETH_TX_DOMAIN, ETH_RX_DOMAIN)}
+        self.clock_nets.update({domain: f"{self.PCIE_LINK}.{name}"
+                                for domain, name in BoardPcieLink.CLOCK_NETS.items()})
         if not SYNC_CLK_HZ > ETH_TX_CLK_HZ / 2:
             raise ValueError("the MAC's PulseCrossings need the core clock above half the "
                              "GMII clock")
 
-    #: Pins passed through an `FFSynchronizer`: UART RX and two switches.
-    SYNCHRONISED_PINS = 3
+    #: Pins passed through an `FFSynchronizer` here: the link_up switch.
+    SYNCHRONISED_PINS = 1
 
     @property
-    def harness_flops(self):
-        """Flip-flops the board adds around the core and the MAC (for the
-        coverage check): harness, pin and reset synchronisers (``sync``,
-        ``eth_tx``, ``eth_rx``), PHY reset timer, and the output-enable
-        flops of the RGMII DDR outputs. The DDR registers themselves are
-        IDDRX1F/ODDRX1F cells, not flip-flops."""
+    def board_flops(self):
+        """Flip-flops the board adds around the core, the MAC and the PCIe side
+        (each synthesised alone for the coverage check): pin and reset
+        synchronisers (``sync``, ``eth_tx``, ``eth_rx``), PHY reset timer, LED
+        stretchers, and the output-enable flops of the RGMII DDR outputs. The
+        DDR registers themselves are IDDRX1F/ODDRX1F cells, not flip-flops."""
         ddr_oe = sum(DDR_OE_DELAY_FLOPS + width for width in RGMII_DDR_OUTPUT_WIDTHS)
-        return (self.harness.flops + self.SYNCHRONISED_PINS * SYNC_STAGES
+        return (self.SYNCHRONISED_PINS * SYNC_STAGES
                 + 2 * RESET_SYNC_STAGES + RX_RESET_SYNC_STAGES + self.phy_reset_timer.flops
-                + ddr_oe)
+                + self.status_leds.flops + ddr_oe)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = core = self.core
-        m.submodules.harness = harness = self.harness
         m.submodules.mac = mac = self.mac
 
         # --- clocks and resets ------------------------------------------------
@@ -335,6 +345,17 @@ class VersaTop(Elaboratable):
         m.submodules.eth_tx_rst_sync = ResetSynchronizer(board_reset, domain=ETH_TX_DOMAIN,
                                                          stages=RESET_SYNC_STAGES)
 
+        # --- PCIe: DCU, link, crossings; the core's TLP ports ----------------------
+        lane, refclk = request_pcie_pads(platform)
+        self.pcie_link = pcie = BoardPcieLink(lane, refclk, sync_clk_hz=SYNC_CLK_HZ)
+        m.submodules[self.PCIE_LINK] = pcie
+        m.submodules.perst_buf = perst_buf = io.Buffer("i", lane.perst)   # 1 = asserted
+        m.d.comb += pcie.perst.eq(perst_buf.i)
+        # The core: reset with PERST#, a stopped link clock or DL_Down (section 2.9.1).
+        m.submodules.core = core = ResetInserter({"sync": pcie.core_reset})(self.core)
+        wiring.connect(m, pcie.tlp_rx, core.tlp_rx)
+        wiring.connect(m, core.tlp_tx, pcie.tlp_tx)
+
         # --- Ethernet: RGMII port, MAC, core frame ports ------------------------
         pads = platform.request("eth_rgmii", ETH_PORT, dir="-")
         m.submodules.rgmii = rgmii = Rgmii(pads)
@@ -345,37 +366,30 @@ class VersaTop(Elaboratable):
         wiring.connect(m, rgmii.gmii_rx, mac.gmii_rx)
         wiring.connect(m, core.wire_tx, mac.tx)
         wiring.connect(m, mac.rx, core.wire_rx)
+        m.d.comb += core.wire_rx_abort.eq(mac.rx_abort)
+
+        # --- Ethernet link state: a switch -------------------------------------------
+        switch = self._switch(m, platform, SWITCH_LINK_UP)
+        m.submodules.link_up_sync = FFSynchronizer(switch, core.link_up, stages=SYNC_STAGES)
+
+        # --- LEDs ----------------------------------------------------------------------
+        m.submodules.status_leds = leds = self.status_leds
         m.d.comb += [
-            core.wire_rx_abort.eq(mac.rx_abort),
-            harness.events.eq(mac_events(mac)),
+            leds.serdes_ready.eq(pcie.serdes_ready),
+            leds.dl_up.eq(pcie.dl_up),
+            leds.state.eq(pcie.state),
+            leds.mac_events.eq(mac_events(mac)),
+            leds.pcie_error.eq(pcie.receiver_error),
         ]
-
-        # --- TLP ports and link_up: the harness -----------------------------------
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.uart_rx_buf = uart_rx = io.Buffer("i", uart.rx)
-        m.submodules.uart_tx_buf = uart_tx = io.Buffer("o", uart.tx)
-        m.d.comb += uart_tx.o.eq(UART_IDLE)
-        pins = {
-            "serial": (uart_rx.i, harness.serial_in),
-            "tx_ready": (self._switch(m, platform, SWITCH_TX_READY), harness.tx_ready_in),
-            "link_up": (self._switch(m, platform, SWITCH_LINK_UP), harness.link_up_in),
-        }
-        assert len(pins) == self.SYNCHRONISED_PINS
-        for name, (pin, target) in pins.items():
-            m.submodules[f"{name}_sync"] = FFSynchronizer(pin, target, stages=SYNC_STAGES)
-
-        wiring.connect(m, harness.tlp_rx, core.tlp_rx)
-        wiring.connect(m, core.tlp_tx, harness.tlp_tx)
-        m.d.comb += core.link_up.eq(harness.link_up)
-
         for index in range(LED_COUNT):
             m.submodules[f"led_buf_{index}"] = led = io.Buffer(
                 "o", platform.request("led", index, dir="-"))
-            m.d.comb += led.o.eq(harness.leds[index])
+            m.d.comb += led.o.eq(leds.leds[index])
 
-        # named, kept aliases of the clocks, for the build report (see clock_nets)
-        for domain, name in self.clock_nets.items():
-            probe = Signal(name=name, attrs={"keep": 1})
+        # named, kept aliases of the top's clocks, for the build report (see
+        # clock_nets; the PCIe side names its own)
+        for domain in ("sync", ETH_TX_DOMAIN, ETH_RX_DOMAIN):
+            probe = Signal(name=self.clock_nets[domain], attrs={"keep": 1})
             m.d.comb += probe.eq(ClockSignal(domain))
         return m
 

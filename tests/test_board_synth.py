@@ -1,5 +1,6 @@
-"""Board build (boards/): core-only synthesis, harness coverage, the Ethernet
-MAC on the board, full Versa build.
+"""Board build (boards/): core-only synthesis, who serves each core port, the
+PCIe side's crossings, core reset and LEDs, the Ethernet MAC and the PCIe
+link on the board, full Versa build.
 
 The core comes from ``hdl.top`` (or the module named by the environment
 variable ``VIRTIO_BOARD_CORE_MODULE``, for developing against a stand-in).
@@ -9,28 +10,47 @@ import random
 
 import pytest
 from amaranth.build import ResourceError
-from amaranth.hdl import Fragment, Module, ResetInserter, Signal
+from amaranth.hdl import ClockDomain, Fragment, Module, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from boards.build import (FF_MIN_RATIO, LUT_MIN_RATIO, CoverageError, _clock_nets_by_bit,
-                          _parse_report, build, check_coverage, synth_core, synth_mac)
-from boards.top import (ETH_PORT, ETH_RX_CLK_HZ, ETH_TX_CLK_HZ, HARNESS_PORTS, LED_COUNT,
-                        MAC_EVENT_BITS, MAC_PORTS, SYNC_CLK_HZ, CoreHarness, PhyResetTimer,
-                        VersaTop, mac_events, make_core)
+                          _parse_report, build, check_coverage, synth_core, synth_mac,
+                          synth_pcie)
+from boards.pcie import (BoardPcieLink, CoreResetControl, LinkCrossings,
+                         TlpCrossing, free_pcie_pads)
+from boards.serdes import PCIE_DOMAIN, PCIE_RX_DOMAIN
+from boards.top import (ETH_PORT, ETH_RX_CLK_HZ, ETH_TX_CLK_HZ, LED_COUNT, LINK_PORTS,
+                        LTSSM_LEDS, MAC_ACTIVITY_BITS, MAC_EVENT_BITS, MAC_PORTS, SWITCH_LINK_UP,
+                        SWITCH_PORTS, SYNC_CLK_HZ, Led, PhyResetTimer, StatusLeds, VersaTop,
+                        mac_events, make_core)
 from boards.versa import (PCIE_REFCLK_RESOURCE, PCIE_RESOURCE, VersaPlatform,
                           request_pcie_pads)
 from hdl.eth.mac import EthernetMac, MacCounter
+from hdl.pcie.tlp import TlpBeat
+from hdl.phy.ltssm import LtssmState
+from hdl.phy.pipe import PIPE_CLK_HZ
 
 
 #: A core-only synthesis below this many LUT4s means the core was gutted.
 MIN_CORE_LUT4 = 200
-STIMULUS_CYCLES = 400
-OBSERVE_CYCLES = 4
+#: The PCIe side alone (measured: 3471 LUT4, 2687 FF): well below means gutted.
+MIN_PCIE_LUT4 = 1500
+MIN_PCIE_FF = 1000
 SEED = 0x5EED
-#: Every clock domain of the board and its requirement (MHz).
+#: Beats sent through a TLP crossing in simulation.
+CROSSING_BEATS = 200
+#: Cycles for a level or a beat to cross between sync and pcie, with margin.
+SETTLE_CYCLES = 24
+#: LED hold time (cycles) in the LED simulation (the board's is 50 ms).
+LED_TEST_HOLD = 6
+#: Every clock domain of the board and its requirement (MHz): the core's
+#: PLL, the MAC's GMII clocks, the DCU's transmit and recovered clocks.
 BOARD_DOMAINS_MHZ = {"sync": SYNC_CLK_HZ / 1e6, "eth_tx": ETH_TX_CLK_HZ / 1e6,
-                     "eth_rx": ETH_RX_CLK_HZ / 1e6}
+                     "eth_rx": ETH_RX_CLK_HZ / 1e6, PCIE_DOMAIN: PIPE_CLK_HZ / 1e6,
+                     PCIE_RX_DOMAIN: PIPE_CLK_HZ / 1e6}
+#: Clocks constrained on pins (MHz): clk100, the PCIe REFCLK, the PHY's RXC.
+PORT_CLOCKS_MHZ = [100, 100, 125]
 #: RGMII DDR registers: TXC, TX_CTL, TXD[4] out; RX_CTL, RXD[4] in (RXC is the clock).
 RGMII_ODDR = 6
 RGMII_IDDR = 5
@@ -46,12 +66,6 @@ def _inspected_core():
     core, _params = make_core()
     Fragment.get(core, None)
     return core
-
-
-def _flat_widths(core, flow, ports=None):
-    return sum(len(value.as_value() if hasattr(value, "as_value") else value)
-               for path, member, value in core.signature.flatten(core)
-               if member.flow == flow and (ports is None or path[0] in ports))
 
 
 class _StandInCore(wiring.Component):
@@ -83,105 +97,251 @@ def test_core_synth_nontrivial(tmp_path):
 
 
 def test_every_core_port_is_served():
-    """Each core port belongs to the harness or to the MAC: a new core port
-    must be given to one of them (else synthesis would remove its logic)."""
+    """Each core port belongs to the PCIe link, the MAC or a switch: a new core
+    port must be given to one of them (else synthesis would remove its
+    logic). The PCIe side's TLP ports fit the core's (`wiring.connect`
+    checks the signatures)."""
     core = _inspected_core()
-    assert set(core.signature.members) == set(HARNESS_PORTS) | set(MAC_PORTS)
-    assert not set(HARNESS_PORTS) & set(MAC_PORTS)
+    served = (LINK_PORTS, MAC_PORTS, SWITCH_PORTS)
+    assert set(core.signature.members) == set().union(*served)
+    assert sum(len(ports) for ports in served) == len(set().union(*served))
+    pcie = BoardPcieLink(*free_pcie_pads(), sync_clk_hz=SYNC_CLK_HZ)
+    Fragment.get(pcie, None)
+    m = Module()
+    wiring.connect(m, pcie.tlp_rx, core.tlp_rx)
+    wiring.connect(m, core.tlp_tx, pcie.tlp_tx)
+    Fragment.get(m, None)
     mac = EthernetMac()
     Fragment.get(mac, None)
     assert len(mac_events(mac)) == MAC_EVENT_BITS
 
 
-def test_harness_covers_its_core_ports():
-    core = _inspected_core()
-    harness = CoreHarness(core.signature, events=MAC_EVENT_BITS)
-    Fragment.get(harness, None)
-    # Every output bit of its ports, and the MAC's events, enter the MISR;
-    # every input bit of its ports is stimulus or a switch.
-    assert harness.observed_width == (_flat_widths(core, wiring.Out, HARNESS_PORTS)
-                                      + MAC_EVENT_BITS)
-    assert harness.stimulus_width + 2 == _flat_widths(core, wiring.In, HARNESS_PORTS)
+def test_tlp_crossing_keeps_every_beat_in_order():
+    """Beats cross from 125 to 70 MHz and back with random valid/ready, none
+    lost, duplicated or reordered; a write-domain reset empties the crossing."""
+    rng = random.Random(SEED)
+    width = TlpBeat().size
+    for w_hz, r_hz in ((125e6, 70e6), (70e6, 125e6)):
+        dut = TlpCrossing(w_domain="w", r_domain="r")
+        m = Module()
+        m.domains.w = ClockDomain("w")
+        m.domains.r = ClockDomain("r")
+        m.submodules.dut = dut
+        beats = [rng.getrandbits(width) for _ in range(CROSSING_BEATS)]
+        received = []
+
+        async def writer(ctx):
+            for beat in beats:
+                ctx.set(dut.w.payload.as_value(), beat)
+                ctx.set(dut.w.valid, 1)
+                await ctx.tick("w").until(dut.w.ready)
+                ctx.set(dut.w.valid, 0)
+                if rng.random() < 0.3:
+                    await ctx.tick("w").repeat(rng.randrange(1, 4))
+
+        async def reader(ctx):
+            while len(received) < len(beats):
+                ready = rng.random() < 0.7
+                ctx.set(dut.r.ready, ready)
+                _, _, valid, payload = await ctx.tick("r").sample(dut.r.valid,
+                                                                   dut.r.payload.as_value())
+                if ready and valid:
+                    received.append(payload)
+
+        sim = Simulator(m)
+        sim.add_clock(1 / w_hz, domain="w")
+        sim.add_clock(1 / r_hz, domain="r")
+        sim.add_testbench(writer)
+        sim.add_testbench(reader)
+        sim.run()
+        assert received == beats, (w_hz, r_hz)
 
 
-def test_core_inputs_all_toggle():
-    """With the harness in front, every input bit of its core ports moves (the
-    frame ports are the MAC's: the full build checks that logic is kept)."""
-    core, _params = make_core()
-    harness = CoreHarness(core.signature)
+def test_tlp_crossing_empties_on_a_write_side_reset():
+    """What a link reset leaves in a crossing is gone after it: a reset of the
+    write domain empties the FIFO, the read side sees nothing more."""
+    dut = TlpCrossing(w_domain="w", r_domain="r")
     m = Module()
-    m.submodules.core = core
-    m.submodules.harness = harness
-    wiring.connect(m, harness.tlp_rx, core.tlp_rx)
-    wiring.connect(m, core.tlp_tx, harness.tlp_tx)
-    m.d.comb += core.link_up.eq(harness.link_up)
-
-    inputs = {
-        "tlp_rx.payload": core.tlp_rx.payload.as_value(),
-        "tlp_rx.valid": core.tlp_rx.valid,
-        "tlp_tx.ready": core.tlp_tx.ready,
-        "link_up": core.link_up,
-    }
-    seen_one = {name: 0 for name in inputs}
-    seen_zero = {name: 0 for name in inputs}
+    m.domains.w = cd_w = ClockDomain("w")
+    m.domains.r = ClockDomain("r")
+    m.submodules.dut = dut
+    seen = []
 
     async def testbench(ctx):
-        rng = random.Random(SEED)
-        for cycle in range(STIMULUS_CYCLES):
-            ctx.set(harness.serial_in, rng.getrandbits(1))
-            ctx.set(harness.tx_ready_in, cycle // 8 % 2)
-            ctx.set(harness.link_up_in, cycle // 16 % 2)
-            await ctx.tick()
-            for name, value in inputs.items():
-                bits = ctx.get(value)
-                seen_one[name] |= bits
-                seen_zero[name] |= ~bits & ((1 << len(value)) - 1)
+        ctx.set(dut.w.valid, 1)
+        ctx.set(dut.w.payload.first, 1)
+        await ctx.tick("w").repeat(4)
+        ctx.set(dut.w.valid, 0)
+        ctx.set(cd_w.rst, 1)
+        await ctx.delay(3 / 125e6)      # ticks of a domain in reset raise DomainReset
+        ctx.set(cd_w.rst, 0)
+        await ctx.tick("r").repeat(12)
+        for _ in range(8):
+            await ctx.tick("r")
+            seen.append(ctx.get(dut.r.valid))
 
     sim = Simulator(m)
-    sim.add_clock(1e-8)
+    sim.add_clock(1 / 125e6, domain="w")
+    sim.add_clock(1 / 70e6, domain="r")
     sim.add_testbench(testbench)
     sim.run()
-    for name, value in inputs.items():
-        full = (1 << len(value)) - 1
-        assert seen_one[name] == full and seen_zero[name] == full, \
-            f"{name}: bits stuck (never 1: {~seen_one[name] & full:#x}, never 0: {~seen_zero[name] & full:#x})"
+    assert seen == [0] * 8
 
 
-def _led_trace(harness, observed, inject):
-    """LED values over a few cycles after ``inject`` is applied to the observed bits once."""
+def test_link_crossings_hold_tlps_for_the_core_and_drop_stale_ones():
+    """A TLP the link delivers before DL_Up (FC_INIT2, section 3.4.2) waits
+    in the crossing until the core leaves reset; what is in a crossing when
+    the link goes down (LinkUp low, DL_Down) never comes out after it."""
+    dut = LinkCrossings()
+    m = Module()
+    m.domains.sync = ClockDomain("sync")
+    m.domains.pcie = ClockDomain("pcie")
+    m.submodules.dut = dut
+    results = {}
+
+    async def push(ctx, stream, domain, beat):
+        ctx.set(stream.payload.as_value(), beat)
+        ctx.set(stream.valid, 1)
+        await ctx.tick(domain).until(stream.ready)
+        ctx.set(stream.valid, 0)
+
+    async def collect(ctx, stream, domain, cycles):
+        beats = []
+        for _ in range(cycles):
+            _, _, valid, ready, payload = await ctx.tick(domain).sample(
+                stream.valid, stream.ready, stream.payload.as_value())
+            if valid and ready:
+                beats.append(payload)
+        return beats
+
+    async def testbench(ctx):
+        ctx.set(dut.core_rx.ready, 1)
+        ctx.set(dut.link_tx.ready, 1)
+        # FC_INIT2: LinkUp, not DL_Up, core in reset; the link delivers a TLP
+        ctx.set(dut.link_up, 1)
+        ctx.set(dut.core_reset, 1)
+        await ctx.tick("sync").repeat(SETTLE_CYCLES)
+        for beat in (0x11, 0x22):
+            await push(ctx, dut.link_rx, "pcie", beat)
+        results["held"] = await collect(ctx, dut.core_rx, "sync", SETTLE_CYCLES)
+        # DL_Up, the core leaves reset: the TLP comes out whole
+        ctx.set(dut.dl_up, 1)
+        ctx.set(dut.core_reset, 0)
+        results["released"] = await collect(ctx, dut.core_rx, "sync", SETTLE_CYCLES)
+        # the core sends: the TLP reaches the link
+        await push(ctx, dut.core_tx, "sync", 0x33)
+        results["sent"] = await collect(ctx, dut.link_tx, "pcie", SETTLE_CYCLES)
+        # stale beats both ways, then the link goes down and comes back
+        ctx.set(dut.core_rx.ready, 0)
+        ctx.set(dut.link_tx.ready, 0)
+        await push(ctx, dut.link_rx, "pcie", 0x44)
+        await push(ctx, dut.core_tx, "sync", 0x55)
+        await ctx.tick("sync").repeat(SETTLE_CYCLES)
+        ctx.set(dut.link_up, 0)
+        ctx.set(dut.dl_up, 0)
+        await ctx.tick("pcie")
+        ctx.set(dut.core_reset, 1)
+        await ctx.tick("sync").repeat(SETTLE_CYCLES)
+        ctx.set(dut.link_up, 1)
+        await ctx.tick("sync").repeat(SETTLE_CYCLES)
+        ctx.set(dut.dl_up, 1)
+        ctx.set(dut.core_reset, 0)
+        ctx.set(dut.core_rx.ready, 1)
+        results["stale_rx"] = await collect(ctx, dut.core_rx, "sync", SETTLE_CYCLES)
+        ctx.set(dut.link_tx.ready, 1)
+        results["stale_tx"] = await collect(ctx, dut.link_tx, "pcie", SETTLE_CYCLES)
+
+    sim = Simulator(m)
+    sim.add_clock(1 / SYNC_CLK_HZ, domain="sync")
+    sim.add_clock(1 / PIPE_CLK_HZ, domain="pcie")
+    sim.add_testbench(testbench)
+    sim.run()
+    assert results == {"held": [], "released": [0x11, 0x22], "sent": [0x33],
+                       "stale_rx": [], "stale_tx": []}, results
+
+
+def test_core_reset_follows_perst_serdes_and_dl_up():
+    """``core_reset`` is 1 out of reset, and while PERST# is asserted, the
+    serdes's transmit side is not ready or the link is not DL_Up (section
+    2.9.1); 0 only with all three good, a few ``sync`` cycles later."""
+    dut = CoreResetControl()
+    m = Module()
+    m.domains.sync = ClockDomain("sync")
+    m.submodules.dut = dut
+    settle = CoreResetControl.FLOPS + 2
+    seen = {}
+
+    async def testbench(ctx):
+        assert ctx.get(dut.core_reset) == 1
+        for name, (perst, tx_ready, dl_up) in {
+                "perst": (1, 1, 1), "tx_not_ready": (0, 0, 1), "dl_down": (0, 1, 0),
+                "all_good": (0, 1, 1), "dl_down_again": (0, 1, 0)}.items():
+            ctx.set(dut.perst, perst)
+            ctx.set(dut.tx_ready, tx_ready)
+            ctx.set(dut.dl_up, dl_up)
+            await ctx.tick().repeat(settle)
+            seen[name] = ctx.get(dut.core_reset)
+
+    sim = Simulator(m)
+    sim.add_clock(1 / SYNC_CLK_HZ)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert seen == {"perst": 1, "tx_not_ready": 1, "dl_down": 1, "all_good": 0,
+                    "dl_down_again": 1}, seen
+
+
+def _leds_after(setup, hold=LED_TEST_HOLD, cycles=2):
+    """LED values ``cycles`` cycles after ``setup(ctx, dut)`` (one cycle of
+    inputs, then inputs back to 0 except what ``setup`` leaves set)."""
+    dut = StatusLeds(hold)
     trace = []
 
     async def testbench(ctx):
-        ctx.set(observed, inject)
-        await ctx.tick()
-        ctx.set(observed, 0)
-        for _ in range(OBSERVE_CYCLES):
+        await setup(ctx, dut)
+        for _ in range(cycles):
             await ctx.tick()
-            trace.append(ctx.get(harness.leds))
+            trace.append(ctx.get(dut.leds))
 
-    sim = Simulator(harness)
-    sim.add_clock(1e-8)
+    sim = Simulator(dut)
+    sim.add_clock(1 / SYNC_CLK_HZ)
     sim.add_testbench(testbench)
     sim.run()
     return trace
 
 
-def test_every_core_output_reaches_the_leds():
-    """Flipping any one observed bit (core TLP outputs, MAC events) for one
-    cycle changes the LEDs."""
-    core = _inspected_core()
-    harness = CoreHarness(core.signature, events=MAC_EVENT_BITS)
-    observed = harness.observed()
-    baseline = _led_trace(harness, observed, 0)
-    assert baseline == [0] * OBSERVE_CYCLES
-    for bit in range(len(observed)):
-        harness = CoreHarness(core.signature, events=MAC_EVENT_BITS)
-        assert _led_trace(harness, harness.observed(), 1 << bit) != baseline, f"bit {bit}"
+def test_status_leds_show_the_link_and_the_mac():
+    """The LED map of boards/top.py: SERDES ready, DL_Up, LTSSM state in
+    binary, Ethernet activity held, errors held; every MAC event bit reaches
+    an LED (so its crossing stays in the build)."""
+    async def l0(ctx, dut):
+        ctx.set(dut.serdes_ready, 1)
+        ctx.set(dut.dl_up, 1)
+        ctx.set(dut.state, LtssmState.L0)
+    leds = _leds_after(l0)[-1]
+    assert leds & (1 << Led.SERDES_READY) and leds & (1 << Led.DL_UP)
+    assert (leds >> Led.LTSSM) & ((1 << LTSSM_LEDS) - 1) == LtssmState.L0
+    assert not leds & (1 << Led.ETH_ACTIVITY | 1 << Led.ERROR)
+
+    async def pcie_error(ctx, dut):
+        ctx.set(dut.pcie_error, 1)
+    assert _leds_after(pcie_error)[-1] == 1 << Led.ERROR
+
+    for bit in range(MAC_EVENT_BITS):
+        async def event(ctx, dut, bit=bit):
+            ctx.set(dut.mac_events, 1 << bit)
+            await ctx.tick()
+            ctx.set(dut.mac_events, 0)
+        trace = _leds_after(event, cycles=LED_TEST_HOLD + 2)
+        led = Led.ETH_ACTIVITY if bit in MAC_ACTIVITY_BITS else Led.ERROR
+        # held for the hold time, then off
+        assert trace[LED_TEST_HOLD - 2] == 1 << led, (bit, trace)
+        assert trace[-1] == 0, (bit, trace)
 
 
 def test_board_top_elaborates():
-    """VersaTop elaborates on the Versa platform, takes its pins (the RGMII
-    port included) and constrains both clock pins: clk100 and the PHY's RXC.
+    """VersaTop elaborates on the Versa platform, takes its pins (the PCIe edge
+    and its REFCLK, the RGMII port, the link_up switch, the LEDs) and
+    constrains every clock pin: clk100, the PCIe REFCLK and the PHY's RXC.
 
     Elaboration only: converting the real core to RTLIL takes minutes (see the
     slow tests).
@@ -189,19 +349,23 @@ def test_board_top_elaborates():
     platform = VersaPlatform()
     top = VersaTop()
     Fragment.get(top, platform)
-    used = [("clk100", 0), ("rst", 0), ("uart", 0), ("switch", 0), ("switch", 1),
-            ("eth_rgmii", ETH_PORT), *(("led", index) for index in range(LED_COUNT))]
+    used = [("clk100", 0), ("rst", 0), ("switch", SWITCH_LINK_UP), (PCIE_RESOURCE, 0),
+            (PCIE_REFCLK_RESOURCE, 0), ("eth_rgmii", ETH_PORT),
+            *(("led", index) for index in range(LED_COUNT))]
     for name, number in used:
         with pytest.raises(ResourceError, match="already been requested"):
             platform.request(name, number, dir="-")
-    assert sorted(hz for _port, hz in platform.iter_port_clock_constraints()) == [100e6, 125e6]
+    assert sorted(hz / 1e6 for _port, hz in platform.iter_port_clock_constraints()) \
+        == PORT_CLOCKS_MHZ
     assert {d: hz / 1e6 for d, hz in top.clock_frequencies.items()} == BOARD_DOMAINS_MHZ
 
 
-def test_board_top_holds_the_mac():
-    """With a stand-in core (fast), the board's RTLIL has the MAC on RGMII port 0:
-    ECP5 DDR registers on the port's pins, two PLLs (80 and 125 MHz), the
-    MAC's crossings, RXC constrained; the frame ports go to the MAC."""
+def test_board_top_holds_the_mac_and_the_link():
+    """With a stand-in core (fast), the board's RTLIL has the MAC on RGMII port 0
+    (ECP5 DDR registers on the port's pins, the MAC's crossings, RXC
+    constrained), two PLLs (70 and 125 MHz), and the PCIe side: one DCUA and
+    one EXTREFB, the DCU's three clocks constrained on their nets, the two TLP
+    crossings; every domain has a kept clock probe for the build report."""
     plan, top = _versa_plan_with_stand_in_core()
     rtlil, lpf = plan.files["top.il"], plan.files["top.lpf"]
     assert rtlil.count("ODDRX1F") == RGMII_ODDR
@@ -216,9 +380,19 @@ def test_board_top_holds_the_mac():
     assert f'FREQUENCY PORT "eth_rgmii_{ETH_PORT}__rx_clk__io" 125000000.0 HZ' in lpf
     # the MAC's beat FIFOs cross sync <-> eth_tx / eth_rx
     assert "tx_fifo" in rtlil and "rx_fifo" in rtlil and "eth_rx_reset" in rtlil
+    # the PCIe side: the DCU and its reference clock input, once each
+    assert rtlil.count("cell \\DCUA ") == 1 and rtlil.count("cell \\EXTREFB ") == 1
+    assert 'FREQUENCY PORT "pcie_refclk_0__p" 100000000.0 HZ' in lpf
+    link = VersaTop.PCIE_LINK
+    for net, hz in (("pcie_refclk", 100e6), ("pcie_tx_pclk", 125e6), ("pcie_rx_pclk", 125e6)):
+        assert f'FREQUENCY NET "{link}.serdes.{net}" {hz} HZ' in lpf, net
+    assert "rx_crossing" in rtlil and "tx_crossing" in rtlil
     assert set(top.clock_nets) == set(BOARD_DOMAINS_MHZ)
     for name in top.clock_nets.values():
-        assert f"\\{name}" in rtlil, name
+        leaf = name.rsplit(".", 1)[-1]
+        assert f"\\{leaf}" in rtlil, name
+    # the coverage check's accounting: the top's own flops, now that it is elaborated
+    assert top.pcie_link is not None and top.board_flops > 0
 
 
 def test_phy_reset_is_held_after_the_board_reset():
@@ -256,16 +430,16 @@ def test_pcie_resources():
 def test_coverage_check_rejects_a_gutted_core():
     core = {"LUT4": 1000, "CCU2C": 50, "TRELLIS_FF": 800, "DP16KD": 4}
     board_ok = {"LUT4": 1000, "CCU2C": 50, "TRELLIS_FF": 1000, "DP16KD": 4}
-    assert check_coverage(board_ok, core, harness_flops=150)["TRELLIS_FF"]["ratio"] >= 1
+    assert check_coverage(board_ok, core, board_flops=150)["TRELLIS_FF"]["ratio"] >= 1
     lost_ram = dict(board_ok, DP16KD=3)
     with pytest.raises(CoverageError, match="DP16KD"):
-        check_coverage(lost_ram, core, harness_flops=150)
+        check_coverage(lost_ram, core, board_flops=150)
     lost_luts = dict(board_ok, LUT4=int(LUT_MIN_RATIO * 1000) - 100)
     with pytest.raises(CoverageError, match="LUT"):
-        check_coverage(lost_luts, core, harness_flops=150)
-    # FFs the harness adds do not count towards the core.
+        check_coverage(lost_luts, core, board_flops=150)
+    # FFs the board top adds do not count towards the core.
     with pytest.raises(CoverageError, match="TRELLIS_FF"):
-        check_coverage(dict(board_ok, TRELLIS_FF=800), core, harness_flops=150)
+        check_coverage(dict(board_ok, TRELLIS_FF=800), core, board_flops=150)
 
 
 def test_clock_nets_map_to_domains(tmp_path):
@@ -275,19 +449,27 @@ def test_clock_nets_map_to_domains(tmp_path):
         "sync_clock": {"bits": [7]}, "core.clk": {"bits": [7]},
         "eth_tx_clock": {"bits": [9]}, "eth_pll.clk_out": {"bits": [9]},
         "eth_rx_clock": {"bits": [11]}, "eth_rx_reset.async_ff_clk": {"bits": [11]},
+        "pcie_link.pcie_clock": {"bits": [13]}, "pcie_link.pcie_clk": {"bits": [13]},
+        "pcie_link.serdes.pcie_rx_clock": {"bits": [15]},
+        "pcie_link.serdes.pcie_rx_clk": {"bits": [15]},
         "other": {"bits": [12]}}}}}
     (tmp_path / "top.json").write_text(json.dumps(netlist))
     report = {"fmax": {
         "$glbnet$core.clk": {"achieved": 91.234, "constraint": 80},
         "$glbnet$eth_pll.clk_out": {"achieved": 180.0, "constraint": 125},
-        "$glbnet$eth_rx_reset.async_ff_clk": {"achieved": 200.0, "constraint": 125}},
+        "$glbnet$eth_rx_reset.async_ff_clk": {"achieved": 200.0, "constraint": 125},
+        # two more 125 MHz clocks: told apart by their bits, not their constraint
+        "$glbnet$pcie_link.pcie_clk": {"achieved": 130.0, "constraint": 125},
+        "$glbnet$pcie_link.serdes.pcie_rx_clk": {"achieved": 210.0, "constraint": 125}},
         "utilization": {"DP16KD": {"used": 8, "available": 108}}}
     (tmp_path / "report.json").write_text(json.dumps(report))
     nets = _clock_nets_by_bit(tmp_path / "top.json", "top", {
-        "sync": "sync_clock", "eth_tx": "eth_tx_clock", "eth_rx": "eth_rx_clock"})
+        "sync": "sync_clock", "eth_tx": "eth_tx_clock", "eth_rx": "eth_rx_clock",
+        PCIE_DOMAIN: "pcie_link.pcie_clock", PCIE_RX_DOMAIN: "pcie_link.serdes.pcie_rx_clock"})
     fmax, clock_nets, utilisation = _parse_report(tmp_path / "report.json",
                                                   BOARD_DOMAINS_MHZ, nets)
-    assert fmax == {"sync": 91.23, "eth_tx": 180.0, "eth_rx": 200.0}
+    assert fmax == {"sync": 91.23, "eth_tx": 180.0, "eth_rx": 200.0, PCIE_DOMAIN: 130.0,
+                    PCIE_RX_DOMAIN: 210.0}
     assert clock_nets["eth_rx"] == ["$glbnet$eth_rx_reset.async_ff_clk"]
     assert utilisation == {"DP16KD": [8, 108]}
 
@@ -300,9 +482,20 @@ def test_mac_reference_synthesis(tmp_path):
     assert 0 < cells["TRELLIS_FF"] < 32 * len(MacCounter) + 600, cells
 
 
+def test_pcie_reference_synthesis(tmp_path):
+    """The PCIe side alone (the coverage reference): the DCU and its REFCLK
+    input, block RAM for the data link layer's buffers, and a real link's
+    worth of logic (the LTSSM, scrambler, LCRC, replay and flow control)."""
+    cells = synth_pcie(tmp_path, progress=lambda _msg: None)
+    assert cells["DCUA"] == 1 and cells["EXTREFB"] == 1 and cells["DCCA"] == 2
+    assert cells["DP16KD"] >= 2, cells
+    assert cells.get("LUT4", 0) >= MIN_PCIE_LUT4 and cells["TRELLIS_FF"] >= MIN_PCIE_FF, cells
+
+
 def test_full_board_build(tmp_path):
     """Place and route the Versa top: a bitstream, every clock domain constrained
-    and met (sync, eth_tx, eth_rx), the MAC on the pins, whole core present."""
+    and met (sync, eth_tx, eth_rx, pcie, pcie_rx), the MAC on the pins, the
+    DCU in the placed design, whole core, MAC and PCIe link present."""
     result = build(None, tmp_path, progress=lambda _msg: None)
     assert result["required_mhz"] == BOARD_DOMAINS_MHZ
     assert set(result["fmax_mhz"]) == set(BOARD_DOMAINS_MHZ), result["fmax_mhz"]
@@ -316,18 +509,27 @@ def test_full_board_build(tmp_path):
     used, total = result["utilisation"]["TRELLIS_COMB"]
     assert 0 < used < total
     assert result["utilisation"]["EHXPLLL"][0] == 2
+    assert result["utilisation"]["DCUA"][0] == 1, result["utilisation"]
+    assert result["utilisation"]["EXTREFB"][0] == 1, result["utilisation"]
     board = result["board_cells"]
     assert board["ODDRX1F"] == RGMII_ODDR and board["IDDRX1F"] == RGMII_IDDR
-    assert board["DP16KD"] >= result["core_cells"]["DP16KD"] + result["mac_cells"]["DP16KD"]
+    assert board["DCUA"] == 1
+    assert board["DP16KD"] >= sum(result[f"{part}_cells"]["DP16KD"]
+                                  for part in ("core", "mac", "pcie"))
     assert result["coverage"]["TRELLIS_FF"]["ratio"] >= FF_MIN_RATIO
     assert result["coverage"]["LUT-equivalents"]["ratio"] >= LUT_MIN_RATIO
-    # nextpnr constrained the three clocks (the pads' and the PLLs' derived ones)
+    # nextpnr constrained every clock (the pads', the PLLs' derived ones, the
+    # DCU's on its nets and derived through the DCCAs), none left at 12 MHz
     log = (tmp_path / "top.tim").read_text()
     assert "constraining clock net 'clk100_0__p' to 100.00 MHz" in log
     assert f"constraining clock net 'eth_rgmii_{ETH_PORT}__rx_clk__io' to 125.00 MHz" in log
     for domain in ("sync", "eth_tx"):         # the PLL outputs
         mhz = BOARD_DOMAINS_MHZ[domain]
         assert f"Derived frequency constraint of {mhz:.1f} MHz for net {domain}_clock" in log
+    link = VersaTop.PCIE_LINK
+    assert f"constraining clock net '{link}.serdes.pcie_tx_pclk' to 125.00 MHz" in log
+    assert f"constraining clock net '{link}.serdes.pcie_rx_pclk' to 125.00 MHz" in log
+    assert "12.00 MHz" not in log
 
 
 @pytest.mark.parametrize("out_mhz", [70, 75, 80, 100, 125])
