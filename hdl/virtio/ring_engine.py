@@ -11,7 +11,8 @@ requester). It serves one descriptor chain at a time. For a queue it visits:
    miss reads the aligned block of ``DESC_BLOCK`` descriptors holding the
    one missed, in one read (a driver's free list hands out neighbouring
    descriptors, in either order: Linux's is last freed, first used, so in
-   steady state heads go down; one read usually serves several chains). Each is checked (index below the queue
+   steady state heads go down; one read usually serves several chains).
+   Each is checked (index below the queue
    size, no longer chain than the queue, NEXT target in range, length
    non-zero, the right direction; an INDIRECT table only when negotiated,
    not nested, not with NEXT, a whole number of descriptors);
@@ -67,8 +68,8 @@ BATCH = 1 << _BATCH_BITS   # avail entries fetched per read (16: 32 bytes)
 # has work (the rest of its batch waits in its head cache for the next
 # visit), so queues take turns in steps of 8 frames, not BATCH
 VISIT_CHAINS = 8
-DESC_BLOCK = 8             # descriptors fetched per read (the descriptor cache)
-_DESC_BLOCK_BITS = 3       # log2(DESC_BLOCK): blocks are aligned to DESC_BLOCK entries
+_DESC_BLOCK_BITS = 3       # blocks are aligned to DESC_BLOCK entries
+DESC_BLOCK = 1 << _DESC_BLOCK_BITS   # descriptors fetched per read (the descriptor cache)
 _IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
 _IDX_MASK = (1 << _IDX_BITS) - 1
 _DESC_DWORDS = spec.VIRTQ_DESC_SIZE // 4
