@@ -35,7 +35,7 @@ from .net.wire_tx import FrameSender
 from .pcie.dma_read import DmaReader
 from .pcie.dma_write import DmaWriter
 from .pcie.tlp_gate import TlpGate
-from .virtio.virtqueues import Virtqueues
+from .virtio.virtqueues import Virtqueues, queue_groups
 from .net.ctrl import ControlCommands
 from .net.rx_classifier import RxClassifier
 from .net.counters import STATS_ADDR_WIDTH, DropCounter, QueueCounters
@@ -152,7 +152,8 @@ class VirtioNetCore(wiring.Component):
             device_features=params.device_features, num_queues=params.num_queues,
             queue_size_max=params.queue_size_max, msix_vectors=params.msix_vectors,
             device_cfg_size=spec.VIRTIO_NET_CFG_SIZE, device_cfg_addr_width=DEVICE_CFG_ADDR_WIDTH,
-            stats_addr_width=STATS_ADDR_WIDTH, layout=layout)
+            stats_addr_width=STATS_ADDR_WIDTH, layout=layout,
+            queue_groups=queue_groups(params.num_queues))
         self.config_space_pcie_cap = pcie_cap = PciExpressCapability()
         header = ConfigHeader(
             vendor_id=spec.VIRTIO_PCI_VENDOR_ID, device_id=spec.VIRTIO_NET_PCI_DEVICE_ID,
@@ -278,8 +279,9 @@ class VirtioNetCore(wiring.Component):
         connect(m, wr_skid.o, dma_write.client.data)
         m.d.comb += engine.dma_wr.busy.eq(dma_write.client.busy | wr_req_reg.o.valid)
         connect(m, transport.doorbell, engine.doorbell)
-        for i, queue in enumerate(transport.queues):
-            m.d.comb += engine.queues[i].eq(queue)
+        m.d.comb += engine.queue_enable.eq(transport.queue_enable)
+        for reads, table in zip(engine.settings, transport.settings):
+            connect(m, reads, table)
 
         # TX: engine -> packer -> frame buffer -> wire
         connect(m, engine.tx, tx_packer.i)

@@ -4,11 +4,13 @@ import random
 import struct
 
 import pytest
+from amaranth.hdl import Array, Cat, Module, Signal
 from amaranth.sim import Simulator
 
 from hdl import spec
 from hdl.virtio.ring_engine import BATCH, DESC_BLOCK, VISIT_CHAINS, RingError
-from hdl.virtio.virtqueues import Virtqueues
+from hdl.virtio.common_cfg import QueueSettings
+from hdl.virtio.virtqueues import ROLES, Virtqueues
 from tests.amaranth_sim import CLOCK_PERIOD
 from tests.ring_model import HostMemory, SplitRing, serve_dma_read, serve_dma_write
 
@@ -43,6 +45,7 @@ class Bench:
         self.rings = {q: SplitRing(self.mem, size, start_idx) for q in range(2 * pairs)}
         self.dut = Virtqueues(num_queues=self.num_queues, max_tx_frame=MAX_FRAME,
                               initial_idx=start_idx)
+        self.top = self._with_settings(self.dut)
         self.rx_pairs = {}         # id(frame) -> the pair it is steered to (default 0)
         self.p_stall = p_stall
         self.tx_ready = tx_ready
@@ -56,6 +59,20 @@ class Bench:
         self.cycle = 0
         self.reads = Stamped(self)       # (addr, length) of each read request, with its cycle
         self.writes = Stamped(self)      # (addr, data) of each write, with its cycle
+
+    def _with_settings(self, dut):
+        """The engines plus a stand-in for the common config's settings tables:
+        one register per queue (``self.settings``), read by each engine's slot,
+        and the queues' enables (``self.enables``)."""
+        top = Module()
+        top.submodules.dut = dut
+        self.settings = [Signal(QueueSettings, name=f"settings{q}") for q in range(self.num_queues)]
+        self.enables = [Signal(name=f"enable{q}") for q in range(self.num_queues)]
+        top.d.comb += dut.queue_enable.eq(Cat(self.enables))
+        for role, port in zip(ROLES, dut.settings):
+            table = Array(self.settings[q] for q in role.queues(self.num_queues))
+            top.d.comb += port.settings.eq(table[port.slot])
+        return top
 
     # --- driver-side helpers -------------------------------------------------
     def post_tx(self, frame, *, pieces=1, start_desc=None, queue=TXQ):
@@ -165,12 +182,15 @@ class Bench:
 
     def run(self, scenario, *, cycles=200_000):
         dut = self.dut
-        sim = Simulator(dut)
+        sim = Simulator(self.top)
         sim.add_clock(CLOCK_PERIOD)
 
         async def main(ctx):
             for q, ring in self.rings.items():
-                ctx.set(dut.queues[q], ring.config())
+                config = ring.config()
+                ctx.set(self.settings[q], {field: config[field]
+                                           for field in ("size", "desc", "driver", "device")})
+                ctx.set(self.enables[q], config["enable"])
             ctx.set(dut.run, 1)
             ctx.set(dut.event_idx, self.event_idx)
             ctx.set(dut.indirect, self.indirect)

@@ -58,7 +58,7 @@ from .. import spec
 from ..lib.bytes import ByteStreamSignature
 from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
-from .common_cfg import QueueConfig
+from .common_cfg import QueueSettings, QueueSettingsSignature
 
 __all__ = ["BATCH", "DESC_BLOCK", "VISIT_CHAINS", "RingEngine", "RingError", "Role"]
 
@@ -121,7 +121,10 @@ class RingError(enum.IntEnum):
 
 class RingEngine(wiring.Component):
     """Ports (both roles):
-        queues:      In(QueueConfig).array(num_queues), from the common config.
+        queue_enable: In(num_queues), each queue's queue_enable (common config).
+        settings:    Out(QueueSettingsSignature(settings_slots)), reads the
+                     settings of the queue visited (``slot``: its place in the
+                     served list) from the common config's table.
         run:         In(1), DRIVER_OK set and the device not halted.
         event_idx:   In(1), VIRTIO_F_EVENT_IDX negotiated (section 2.7.7.2, 2.7.10).
         indirect:    In(1), VIRTIO_F_INDIRECT_DESC negotiated (section 2.7.5.3).
@@ -162,7 +165,7 @@ class RingEngine(wiring.Component):
                      (VIRTIO_NET_OK or VIRTIO_NET_ERR) once it has acted.
     """
 
-    def __init__(self, *, role, num_queues, max_tx_frame=0, initial_idx=0):
+    def __init__(self, *, role, num_queues, max_tx_frame=0, initial_idx=0, settings_slots=None):
         self.role = Role(role)
         self.num_queues = num_queues
         self.served = self.role.queues(num_queues)
@@ -171,7 +174,8 @@ class RingEngine(wiring.Component):
         self.max_tx_frame = max_tx_frame
         self.initial_idx = initial_idx
         ports = {
-            "queues": In(QueueConfig).array(num_queues),
+            "queue_enable": In(num_queues),
+            "settings": Out(QueueSettingsSignature(settings_slots or len(self.served))),
             "run": In(1),
             "event_idx": In(1),
             "indirect": In(1),
@@ -234,8 +238,9 @@ class RingEngine(wiring.Component):
         no_interrupt = per_slot("no_interrupt", 1, 0)
         starved = per_slot("starved", 1, 0)  # RX: waits for a doorbell (buffers ran out mid-frame)
         kick = Signal(slots)
-        cfgs = Array(self.queues[q] for q in served)
-        cfg = Signal(QueueConfig)            # the served queue's settings, registered
+        enables = Signal(slots)              # queue_enable of the served queues
+        m.d.comb += enables.eq(Cat(self.queue_enable[q] for q in served))
+        cfg = Signal(QueueSettings)          # the served queue's settings, registered
 
         m.d.comb += self.doorbell.ready.eq(1)
         kick_set = Signal(slots)
@@ -252,7 +257,7 @@ class RingEngine(wiring.Component):
 
         slot = Signal(range(max(slots, 2)))  # the queue being served ...
         q = Signal(8)                        # ... and its virtqueue index
-        m.d.comb += self.queue.eq(q)
+        m.d.comb += [self.queue.eq(q), self.settings.slot.eq(slot)]
         notify_now = Signal()
         notify_r = Signal(self.num_queues)
         m.d.sync += notify_r.eq(0)
@@ -275,7 +280,8 @@ class RingEngine(wiring.Component):
         last_of_visit = Signal()             # the chain under way ends the visit
 
         def enabled(index):
-            return self.run & cfgs[index].enable
+            bit = enables[index] if isinstance(index, int) else enables.bit_select(index, 1)
+            return self.run & bit
 
         # --- head cache -----------------------------------------------------
         # One per queue, so that a visit finds its queue's heads and
@@ -472,7 +478,7 @@ class RingEngine(wiring.Component):
                              cache_valid.eq(saved_valid[slot]), dc_valid.eq(saved_dc_valid[slot]),
                              dc_first.eq(saved_dc_first[slot]), dc_count.eq(saved_dc_count[slot]),
                              dc_table.eq(saved_dc_table[slot])]
-                m.d.sync += [cfg.eq(cfgs[slot]), cur_last.eq(last_avail[slot]),
+                m.d.sync += [cfg.eq(self.settings.settings), cur_last.eq(last_avail[slot]),
                              cur_used.eq(used_idx[slot]), visit_used.eq(used_idx[slot]),
                              cur_seen.eq(avail_seen[slot]), cur_signalled.eq(signalled[slot]),
                              cur_no_interrupt.eq(no_interrupt[slot])]

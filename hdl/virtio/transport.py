@@ -17,7 +17,7 @@ from ..pcie.msix import MsixCapability, MsixTable
 from ..pcie.register_bus import RegisterBusSignature, RegisterDecoder
 from ..pcie.tlp import DwordStreamSignature
 from .bar_layout import BarLayout
-from .common_cfg import COMMON_CFG_ADDR_WIDTH, CommonConfig, QueueConfig
+from .common_cfg import COMMON_CFG_ADDR_WIDTH, CommonConfig, QueueSettingsSignature
 from .isr import IsrStatus
 from .notify import NOTIFY_OFF_MULTIPLIER, NotifyRegion
 from .pci_caps import VirtioNotifyCapability, VirtioPciCapability, VirtioPciCfgCapability
@@ -35,7 +35,9 @@ class VirtioPciTransport(wiring.Component):
         device_cfg:  Out(RegisterBusSignature), the device-specific config window.
         stats:       Out(RegisterBusSignature), the device's statistics window.
         doorbell:    Out(stream.Signature(16)), notified queue indexes.
-        queues:      Out(QueueConfig).array(num_queues).
+        queue_enable: Out(num_queues), each queue's queue_enable.
+        settings:    In(QueueSettingsSignature).array(len(queue_groups)), the
+                     ring engines' reads of their queues' settings (`CommonConfig`).
         status:      Out(8), device_status.
         driver_features: Out(64).
         device_reset: Out(1), pulse: the driver reset the device.
@@ -52,12 +54,15 @@ class VirtioPciTransport(wiring.Component):
     """
 
     def __init__(self, *, device_features, num_queues, queue_size_max, msix_vectors,
-                 device_cfg_size, device_cfg_addr_width, stats_addr_width, layout=BarLayout()):
+                 device_cfg_size, device_cfg_addr_width, stats_addr_width, layout=BarLayout(),
+                 queue_groups=None):
         self.layout = layout
         self.num_queues = num_queues
         self.msix_vectors = msix_vectors
         self._common = CommonConfig(device_features=device_features, num_queues=num_queues,
-                                    queue_size_max=queue_size_max, msix_vectors=msix_vectors)
+                                    queue_size_max=queue_size_max, msix_vectors=msix_vectors,
+                                    groups=queue_groups)
+        settings = QueueSettingsSignature(self._common.slots)
         self._notify_width = _width(num_queues)
         self._table_width = _width(msix_vectors * spec.MSIX_ENTRY_SIZE // 4)
         self._pba_width = _width((msix_vectors + 31) // 32)
@@ -69,7 +74,8 @@ class VirtioPciTransport(wiring.Component):
             "device_cfg": Out(RegisterBusSignature(device_cfg_addr_width)),
             "stats": Out(RegisterBusSignature(stats_addr_width)),
             "doorbell": Out(stream.Signature(16)),
-            "queues": Out(QueueConfig).array(num_queues),
+            "queue_enable": Out(num_queues),
+            "settings": In(settings).array(len(self._common.groups)),
             "status": Out(8),
             "driver_features": Out(64),
             "device_reset": Out(1),
@@ -140,8 +146,9 @@ class VirtioPciTransport(wiring.Component):
             isr.reset.eq(common.reset),
             notify.reset.eq(common.reset),
         ]
-        for q in range(self.num_queues):
-            m.d.comb += self.queues[q].eq(common.queues[q])
+        m.d.comb += self.queue_enable.eq(common.queue_enable)
+        for ours, theirs in zip(self.settings, common.settings):
+            connect(m, wiring.flipped(ours), theirs)
 
         # Events to MSI-X vectors.
         connect(m, msix.msg, wiring.flipped(self.msix_msg))
@@ -154,6 +161,6 @@ class VirtioPciTransport(wiring.Component):
         for v in range(self.msix_vectors):
             events = config_event & (common.config_msix_vector == v)
             for q in range(self.num_queues):
-                events = events | (self.used_notify[q] & (common.queues[q].msix_vector == v))
+                events = events | (self.used_notify[q] & (common.queue_vector[q] == v))
             m.d.comb += msix.raise_[v].eq(events)
         return m

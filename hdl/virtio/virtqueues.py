@@ -25,18 +25,28 @@ from ..lib.bytes import ByteStreamSignature
 from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
 from ..pcie.dma_mux import DmaReadMux, DmaWriteMux
-from .common_cfg import QueueConfig
+from .common_cfg import QueueSettingsSignature
 from .ring_engine import RingEngine, RingError, Role
 
-__all__ = ["Virtqueues"]
+__all__ = ["Virtqueues", "ROLES", "queue_groups"]
+
+ROLES = (Role.TX, Role.RX, Role.CTRL)      # the engines, in the order of `settings`
 
 _CLIENT = {Role.TX: 0, Role.RX: 1, Role.CTRL: 2}     # DMA write mux inputs
 _READ_CLIENT = {Role.RX: 0, Role.CTRL: 1}             # DMA read mux inputs (TX reads alone)
 CTRL_MAX_COMMAND = 256     # bytes of class, command and data the control engine passes on
 
 
+def queue_groups(num_queues):
+    """The queues each engine serves, in `ROLES` order: the common config keeps
+    one settings table per engine (`CommonConfig`'s ``groups``)."""
+    return [role.queues(num_queues) for role in ROLES]
+
+
 class Virtqueues(wiring.Component):
     """Ports: as `RingEngine`'s, both roles' together, except:
+        settings:   Out(QueueSettingsSignature).array(len(ROLES)), the engines'
+                    settings reads, in `ROLES` order.
         mrg_rxbuf:  In(1), VIRTIO_NET_F_MRG_RXBUF negotiated.
         tx_queue:   Out(8), the queue the TX pulses (tx_sent, tx_empty) refer to.
         rx_queue:   Out(8), the queue the RX pulses (rx_delivered, rx_too_big) refer to.
@@ -48,13 +58,18 @@ class Virtqueues(wiring.Component):
 
     def __init__(self, *, num_queues, max_tx_frame, initial_idx=0):
         self.num_queues = num_queues
+        slots = max(len(group) for group in queue_groups(num_queues))
         self.tx_engine = RingEngine(role=Role.TX, num_queues=num_queues,
-                                    max_tx_frame=max_tx_frame, initial_idx=initial_idx)
-        self.rx_engine = RingEngine(role=Role.RX, num_queues=num_queues, initial_idx=initial_idx)
+                                    max_tx_frame=max_tx_frame, initial_idx=initial_idx,
+                                    settings_slots=slots)
+        self.rx_engine = RingEngine(role=Role.RX, num_queues=num_queues, initial_idx=initial_idx,
+                                    settings_slots=slots)
         self.ctrl_engine = RingEngine(role=Role.CTRL, num_queues=num_queues,
-                                      max_tx_frame=CTRL_MAX_COMMAND, initial_idx=initial_idx)
+                                      max_tx_frame=CTRL_MAX_COMMAND, initial_idx=initial_idx,
+                                      settings_slots=slots)
         super().__init__({
-            "queues": In(QueueConfig).array(num_queues),
+            "queue_enable": In(num_queues),
+            "settings": Out(QueueSettingsSignature(slots)).array(len(ROLES)),
             "run": In(1),
             "event_idx": In(1),
             "indirect": In(1),
@@ -115,8 +130,8 @@ class Virtqueues(wiring.Component):
                 engine.doorbell.valid.eq(self.doorbell.valid),
                 engine.doorbell.payload.eq(self.doorbell.payload),
             ]
-            for mine, theirs in zip(engine.queues, self.queues):
-                m.d.comb += mine.eq(theirs)
+            m.d.comb += engine.queue_enable.eq(self.queue_enable)
+            connect(m, engine.settings, wiring.flipped(self.settings[ROLES.index(role)]))
         m.d.comb += self.doorbell.ready.eq(1)        # both engines always take a doorbell
         connect(m, read_mux.out, wiring.flipped(self.dma_rd))
         connect(m, write_mux.out, wiring.flipped(self.dma_wr))
