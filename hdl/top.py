@@ -35,7 +35,7 @@ from .net.wire_tx import FrameSender
 from .pcie.dma_read import DmaReader
 from .pcie.dma_write import DmaWriter
 from .pcie.tlp_gate import TlpGate
-from .virtio.virtqueues import Virtqueues, queue_groups
+from .virtio.virtqueues import ROLES, Virtqueues
 from .net.ctrl import ControlCommands
 from .net.rx_classifier import RxClassifier
 from .net.counters import STATS_ADDR_WIDTH, DropCounter, QueueCounters
@@ -153,7 +153,7 @@ class VirtioNetCore(wiring.Component):
             queue_size_max=params.queue_size_max, msix_vectors=params.msix_vectors,
             device_cfg_size=spec.VIRTIO_NET_CFG_SIZE, device_cfg_addr_width=DEVICE_CFG_ADDR_WIDTH,
             stats_addr_width=STATS_ADDR_WIDTH, layout=layout,
-            queue_groups=queue_groups(params.num_queues))
+            settings_readers=len(ROLES))
         self.config_space_pcie_cap = pcie_cap = PciExpressCapability()
         header = ConfigHeader(
             vendor_id=spec.VIRTIO_PCI_VENDOR_ID, device_id=spec.VIRTIO_NET_PCI_DEVICE_ID,

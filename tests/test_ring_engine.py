@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from hdl import spec
 from hdl.virtio.ring_engine import BATCH, DESC_BLOCK, VISIT_CHAINS, RingError
 from hdl.virtio.common_cfg import QueueSettings
-from hdl.virtio.virtqueues import ROLES, Virtqueues
+from hdl.virtio.virtqueues import Virtqueues
 from tests.amaranth_sim import CLOCK_PERIOD
 from tests.ring_model import HostMemory, SplitRing, serve_dma_read, serve_dma_write
 
@@ -62,16 +62,16 @@ class Bench:
 
     def _with_settings(self, dut):
         """The engines plus a stand-in for the common config's settings tables:
-        one register per queue (``self.settings``), read by each engine's slot,
-        and the queues' enables (``self.enables``)."""
+        one register per queue (``self.settings``), read by each engine's queue
+        index, and the queues' enables (``self.enables``)."""
         top = Module()
         top.submodules.dut = dut
         self.settings = [Signal(QueueSettings, name=f"settings{q}") for q in range(self.num_queues)]
         self.enables = [Signal(name=f"enable{q}") for q in range(self.num_queues)]
         top.d.comb += dut.queue_enable.eq(Cat(self.enables))
-        for role, port in zip(ROLES, dut.settings):
-            table = Array(self.settings[q] for q in role.queues(self.num_queues))
-            top.d.comb += port.settings.eq(table[port.slot])
+        table = Array(self.settings)
+        for port in dut.settings:
+            top.d.comb += port.settings.eq(table[port.queue])
         return top
 
     # --- driver-side helpers -------------------------------------------------

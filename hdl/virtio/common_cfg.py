@@ -40,6 +40,9 @@ COMMON_CFG_ADDR_WIDTH = 4          # 16 DWs cover the 0x3C bytes
 _FEATURE_WORDS = 2                 # 64 feature bits, 32 per select value
 _DW_BITS = 32
 _BYTE_BITS = 8
+_ADDRESS_FIELDS = {"desc": spec.VirtioCommonCfg.QUEUE_DESC,
+                   "driver": spec.VirtioCommonCfg.QUEUE_DRIVER,
+                   "device": spec.VirtioCommonCfg.QUEUE_DEVICE}
 
 
 class QueueSettings(data.Struct):
@@ -53,19 +56,25 @@ class QueueSettings(data.Struct):
 
 
 class QueueSettingsSignature(wiring.Signature):
-    """A ring engine's window on the settings of the queues it serves, from the
-    engine's side: it puts a queue's position in its list (``slot``) and finds
-    that queue's `QueueSettings` on ``settings`` in the same cycle (an
-    asynchronous LUT RAM read).
+    """A ring engine's read port on the queues' settings, from the engine's
+    side: it puts a virtqueue index on ``queue`` and finds that queue's
+    `QueueSettings` on ``settings`` in the same cycle (an asynchronous LUT RAM
+    read).
 
     Members:
-        slot:     Out(range(slots)).
+        queue:    Out(range(num_queues)).
         settings: In(QueueSettings).
     """
 
-    def __init__(self, slots):
-        self.slots = slots
-        super().__init__({"slot": Out(range(max(slots, 2))), "settings": In(QueueSettings)})
+    def __init__(self, num_queues):
+        self.num_queues = num_queues
+        super().__init__({"queue": Out(range(max(num_queues, 2))), "settings": In(QueueSettings)})
+
+
+# A bus write puts its DW at every DW place of a row after ``size``: each half
+# of an address must be one of them.
+assert all((QueueSettings.as_shape()[field].offset - 16) % _DW_BITS == 0 for field in _ADDRESS_FIELDS)
+assert QueueSettings.as_shape()["size"].offset == 0
 
 
 def _dw(offset):
@@ -79,47 +88,44 @@ class CommonConfig(wiring.Component):
         driver_features: Out(64), what the driver accepted (valid with FEATURES_OK).
         queue_enable: Out(num_queues), queue_enable of each queue.
         queue_vector: Out(16).array(num_queues), queue_msix_vector of each queue.
-        settings:    In(QueueSettingsSignature(slots)).array(len(groups)): group
-                     g's engine reads the settings of queue ``groups[g][slot]``.
+        settings:    In(QueueSettingsSignature(num_queues)).array(readers), one
+                     read port per ring engine.
         config_msix_vector: Out(16).
         reset:       Out(1), pulse: the driver reset the device.
         config_changed: In(1), pulse: bump config_generation.
         needs_reset: In(1), pulse: set DEVICE_NEEDS_RESET.
 
-    ``groups`` divides the queues between the ring engines (each queue in one
-    group); ``slots`` is the largest group. Each group's `QueueSettings` live in
-    a LUT RAM of their own, with a read port for its engine and one for the
-    bus: an engine reads its queue's settings without a multiplexer over every
-    queue, and the registers cost no flip-flops. After a device reset the
-    tables are rewritten to their reset values, one row a cycle (``slots``
-    cycles, far fewer than any register access takes to arrive); a bus write
-    in those cycles would be lost.
+    The queues' `QueueSettings` live in a LUT RAM table, one row per queue,
+    with a read port per ring engine and one for the bus: an engine reads its
+    queue's settings without a multiplexer over every queue's registers, and
+    the registers cost no flip-flops (each read port is a copy of the table,
+    16 rows of LUT RAM for up to 16 queues). After a device reset the table is
+    rewritten with its reset values, a row a cycle (``num_queues`` cycles, fewer
+    than any register access takes to arrive); a bus write in those cycles
+    would be lost. ``queue_enable`` clears at once, so no engine visits a
+    queue meanwhile.
     """
 
     def __init__(self, *, device_features, num_queues, queue_size_max, msix_vectors,
-                 groups=None):
+                 readers=1):
         if queue_size_max & (queue_size_max - 1) or not 1 <= queue_size_max <= 32768:
             raise ValueError(f"queue size {queue_size_max} must be a power of two up to 32768")
         if not device_features & spec.VirtioF.VERSION_1:
             raise ValueError("a non-transitional device must offer VERSION_1")
-        groups = [list(range(num_queues))] if groups is None else [list(g) for g in groups]
-        if sorted(q for group in groups for q in group) != list(range(num_queues)) \
-                or not all(groups):
-            raise ValueError(f"groups {groups} must divide queues 0..{num_queues - 1}, "
-                             "each queue in one non-empty group")
+        if readers < 1:
+            raise ValueError(f"{readers} settings readers: the ring engines need at least one")
         self.device_features = device_features
         self.num_queues = num_queues
         self.queue_size_max = queue_size_max
         self.msix_vectors = msix_vectors
-        self.groups = groups
-        self.slots = max(len(group) for group in groups)
+        self.readers = readers
         super().__init__({
             "bus": In(RegisterBusSignature(COMMON_CFG_ADDR_WIDTH)),
             "status": Out(8),
             "driver_features": Out(64),
             "queue_enable": Out(num_queues),
             "queue_vector": Out(16).array(num_queues),
-            "settings": In(QueueSettingsSignature(self.slots)).array(len(groups)),
+            "settings": In(QueueSettingsSignature(num_queues)).array(readers),
             "config_msix_vector": Out(16),
             "reset": Out(1),
             "config_changed": In(1),
@@ -144,24 +150,18 @@ class CommonConfig(wiring.Component):
                    for q in range(nq)]
         settings_init = QueueSettings.const({"size": self.queue_size_max}).as_value().value
 
-        # Which queue queue_select names, one bit per queue, and where its
-        # settings are (group, row), registered: one cycle behind
-        # queue_select, far less than any two register accesses apart.
-        # Writes go to the selected queue's registers straight from the bus;
-        # reads take its fields by AND-OR over these bits, about a third of the
-        # LUTs of a multiplexer indexed by queue_select.
+        # Which queue queue_select names, one bit per queue, and its row in
+        # the settings table, registered: one cycle behind queue_select, far
+        # less than any two register accesses apart. Writes go to the selected
+        # queue's registers straight from the bus; reads take its vector by
+        # AND-OR over these bits, about a third of the LUTs of a multiplexer
+        # indexed by queue_select.
         selected = Signal(nq)
-        m.d.sync += selected.eq(Cat(queue_select == q for q in range(nq)))
+        row = Signal(range(max(nq, 2)))
+        m.d.sync += [selected.eq(Cat(queue_select == q for q in range(nq))),
+                     row.eq(queue_select)]
         queue_valid = selected.any()
         selected_enabled = (enables & selected).any()
-        row_of = {q: (g, row) for g, group in enumerate(self.groups) for row, q in enumerate(group)}
-        group_selected = Signal(len(self.groups))
-        row_selected = Signal(range(max(self.slots, 2)))
-        m.d.sync += [group_selected.eq(0), row_selected.eq(0)]
-        with m.Switch(queue_select):
-            for q, (g, row) in row_of.items():
-                with m.Case(q):
-                    m.d.sync += [group_selected.eq(1 << g), row_selected.eq(row)]
 
         m.d.comb += [
             self.status.eq(status),
@@ -172,36 +172,37 @@ class CommonConfig(wiring.Component):
         for q in range(nq):
             m.d.comb += self.queue_vector[q].eq(vectors[q])
 
-        # --- the settings tables -----------------------------------------
-        # A write: the field's DW at its place in the row, the bus's byte
-        # enables at its bytes. After a reset every row gets its reset value.
-        clearing = Signal(init=1)           # also from power-up: init is for simulation only
-        clear_row = Signal(range(max(self.slots, 2)))
-        w_row = Signal(QueueSettings.as_shape().size)
-        w_bytes = Signal(len(w_row) // _BYTE_BITS)
-        shown = Signal(QueueSettings)       # the selected queue's settings (zero if none)
-        shown_parts = []
-        for g, group in enumerate(self.groups):
-            table = Memory(shape=len(w_row), depth=len(group), init=[settings_init] * len(group))
-            m.submodules[f"settings{g}"] = table
-            write = table.write_port(granularity=_BYTE_BITS)
+        # --- the settings table -------------------------------------------
+        # A bus write puts its DW at every DW-sized place of the row (the
+        # fields are laid out so that each half of an address is one) and
+        # enables the bytes of the field it writes; after a reset every row
+        # gets its reset value.
+        row_bits = QueueSettings.as_shape().size
+        w_bytes = Signal(row_bits // _BYTE_BITS)          # byte enables of a bus write
+        table = Memory(shape=row_bits, depth=nq, init=[settings_init] * nq)
+        m.submodules.settings = table
+        write = table.write_port(granularity=_BYTE_BITS)
+        for port in self.settings:
             engine_read = table.read_port(domain="comb")
-            bus_read = table.read_port(domain="comb")
-            port = self.settings[g]
-            m.d.comb += [engine_read.addr.eq(port.slot), port.settings.eq(engine_read.data),
-                         bus_read.addr.eq(row_selected)]
-            shown_parts.append(bus_read.data & group_selected[g].replicate(len(w_row)))
-            with m.If(clearing):
-                m.d.comb += [write.addr.eq(clear_row), write.data.eq(settings_init),
-                             write.en.eq(-1)]
-            with m.Else():
-                m.d.comb += [write.addr.eq(row_selected), write.data.eq(w_row),
-                             write.en.eq(w_bytes & group_selected[g].replicate(len(w_bytes)))]
-        m.d.comb += shown.eq(reduce(or_, shown_parts))
+            m.d.comb += [engine_read.addr.eq(port.queue), port.settings.eq(engine_read.data)]
+        bus_read = table.read_port(domain="comb")
+        shown = QueueSettings(bus_read.data)              # the selected queue's settings
+        m.d.comb += bus_read.addr.eq(row)
+        clearing = Signal(init=1)           # also from power-up: init is for simulation only
+        clear_row = Signal(range(max(nq, 2)))
         with m.If(clearing):
+            m.d.comb += [write.addr.eq(clear_row), write.data.eq(settings_init), write.en.eq(-1)]
             m.d.sync += clear_row.eq(clear_row + 1)
-            with m.If(clear_row == self.slots - 1):
+            with m.If(clear_row == nq - 1):
                 m.d.sync += [clearing.eq(0), clear_row.eq(0)]
+        with m.Else():
+            size_bits = QueueSettings.as_shape()["size"].width
+            m.d.comb += [
+                write.addr.eq(row),
+                write.data.eq(Cat(self.bus.w_data[:size_bits],
+                                  self.bus.w_data.replicate((row_bits - size_bits) // _DW_BITS))),
+                write.en.eq(w_bytes & queue_valid.replicate(len(w_bytes))),
+            ]
 
         def vector_or_none(value):
             # a vector the table lacks maps to nothing (section 4.1.5.1.2)
@@ -233,25 +234,27 @@ class CommonConfig(wiring.Component):
             _dw(C.QUEUE_DRIVER): shown.driver[:32], _dw(C.QUEUE_DRIVER) + 1: shown.driver[32:],
             _dw(C.QUEUE_DEVICE): shown.device[:32], _dw(C.QUEUE_DEVICE) + 1: shown.device[32:],
         }
+        queue_fields = {_dw(C.QUEUE_SIZE)} | {_dw(offset) + half for half in range(2)
+                                              for offset in _ADDRESS_FIELDS.values()}
+        r_value = Signal(_DW_BITS)
+        r_queue = Signal()                  # a queue register: zero if queue_select has none
+        with m.Switch(bus.addr):
+            for index, value in read_map.items():
+                with m.Case(index):
+                    m.d.comb += [r_value.eq(value), r_queue.eq(index in queue_fields)]
         with m.If(bus.r_stb):
-            m.d.sync += bus.r_data.eq(0)
-            with m.Switch(bus.addr):
-                for index, value in read_map.items():
-                    with m.Case(index):
-                        m.d.sync += bus.r_data.eq(value)
+            m.d.sync += bus.r_data.eq(r_value & ~(r_queue & ~queue_valid).replicate(_DW_BITS))
 
         # --- writes --------------------------------------------------------
         reset = Signal()
         m.d.comb += self.reset.eq(reset)
         wdata = bus.w_data
-        w_view = QueueSettings(w_row)
 
-        def write_settings(field, bits, enable):
-            """Write ``bits`` (a whole number of bytes) at ``field``'s place in
-            the selected queue's row, the bytes under ``enable`` (one bit each)."""
-            first = QueueSettings.as_shape()[field].offset
-            m.d.comb += w_view.as_value()[first:first + len(bits)].eq(bits)
-            m.d.comb += w_bytes[first // _BYTE_BITS:(first + len(bits)) // _BYTE_BITS].eq(enable)
+        def write_settings(field, first_byte, enable):
+            """Write the selected queue's ``field`` from its byte ``first_byte``
+            on, the bytes under ``enable`` (one bit each)."""
+            first = QueueSettings.as_shape()[field].offset // _BYTE_BITS + first_byte
+            m.d.comb += w_bytes[first:first + len(enable)].eq(enable)
 
         with m.If(bus.w_stb):
             with m.Switch(bus.addr):
@@ -280,7 +283,7 @@ class CommonConfig(wiring.Component):
                     size = wdata[:16]
                     power_of_two = (size != 0) & ((size & (size - 1)) == 0)
                     size_ok = (bus.be[0:2] == 0b11) & power_of_two & (size <= self.queue_size_max)
-                    write_settings("size", size, (~selected_enabled & size_ok).replicate(2))
+                    write_settings("size", 0, (~selected_enabled & size_ok).replicate(2))
                     vector = vector_or_none(wdata[16:32])
                     for q in range(nq):
                         with m.If(selected[q] & (bus.be[2:4] == 0b11)):
@@ -290,18 +293,11 @@ class CommonConfig(wiring.Component):
                     for q in range(nq):
                         with m.If(selected[q] & bus.be[0] & wdata[0]):
                             m.d.sync += enables[q].eq(1)
-                for field, offset in (("desc", C.QUEUE_DESC), ("driver", C.QUEUE_DRIVER),
-                                      ("device", C.QUEUE_DEVICE)):
+                for field, offset in _ADDRESS_FIELDS.items():
                     for half in range(2):
                         with m.Case(_dw(offset) + half):
-                            # the halves of a 64-bit field are written apart;
-                            # the other half keeps its bytes (not enabled)
-                            bits = Signal(64, name=f"w_{field}{half}")
-                            enable = Signal(8, name=f"w_{field}{half}_bytes")
-                            m.d.comb += [bits[_DW_BITS * half:_DW_BITS * (half + 1)].eq(wdata),
-                                         enable[4 * half:4 * (half + 1)].eq(
-                                             bus.be & (~selected_enabled).replicate(4))]
-                            write_settings(field, bits, enable)
+                            # byte-masked, each half of a 64-bit address apart
+                            write_settings(field, 4 * half, bus.be & (~selected_enabled).replicate(4))
 
         with m.If(self.config_changed):
             m.d.sync += config_generation.eq(config_generation + 1)

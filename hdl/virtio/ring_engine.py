@@ -122,9 +122,8 @@ class RingError(enum.IntEnum):
 class RingEngine(wiring.Component):
     """Ports (both roles):
         queue_enable: In(num_queues), each queue's queue_enable (common config).
-        settings:    Out(QueueSettingsSignature(settings_slots)), reads the
-                     settings of the queue visited (``slot``: its place in the
-                     served list) from the common config's table.
+        settings:    Out(QueueSettingsSignature(num_queues)), reads the settings
+                     of the queue visited from the common config's table.
         run:         In(1), DRIVER_OK set and the device not halted.
         event_idx:   In(1), VIRTIO_F_EVENT_IDX negotiated (section 2.7.7.2, 2.7.10).
         indirect:    In(1), VIRTIO_F_INDIRECT_DESC negotiated (section 2.7.5.3).
@@ -165,7 +164,7 @@ class RingEngine(wiring.Component):
                      (VIRTIO_NET_OK or VIRTIO_NET_ERR) once it has acted.
     """
 
-    def __init__(self, *, role, num_queues, max_tx_frame=0, initial_idx=0, settings_slots=None):
+    def __init__(self, *, role, num_queues, max_tx_frame=0, initial_idx=0):
         self.role = Role(role)
         self.num_queues = num_queues
         self.served = self.role.queues(num_queues)
@@ -175,7 +174,7 @@ class RingEngine(wiring.Component):
         self.initial_idx = initial_idx
         ports = {
             "queue_enable": In(num_queues),
-            "settings": Out(QueueSettingsSignature(settings_slots or len(self.served))),
+            "settings": Out(QueueSettingsSignature(num_queues)),
             "run": In(1),
             "event_idx": In(1),
             "indirect": In(1),
@@ -257,7 +256,7 @@ class RingEngine(wiring.Component):
 
         slot = Signal(range(max(slots, 2)))  # the queue being served ...
         q = Signal(8)                        # ... and its virtqueue index
-        m.d.comb += [self.queue.eq(q), self.settings.slot.eq(slot)]
+        m.d.comb += [self.queue.eq(q), self.settings.queue.eq(q)]
         notify_now = Signal()
         notify_r = Signal(self.num_queues)
         m.d.sync += notify_r.eq(0)

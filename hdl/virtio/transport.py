@@ -36,8 +36,8 @@ class VirtioPciTransport(wiring.Component):
         stats:       Out(RegisterBusSignature), the device's statistics window.
         doorbell:    Out(stream.Signature(16)), notified queue indexes.
         queue_enable: Out(num_queues), each queue's queue_enable.
-        settings:    In(QueueSettingsSignature).array(len(queue_groups)), the
-                     ring engines' reads of their queues' settings (`CommonConfig`).
+        settings:    In(QueueSettingsSignature(num_queues)).array(settings_readers),
+                     the ring engines' reads of the queues' settings (`CommonConfig`).
         status:      Out(8), device_status.
         driver_features: Out(64).
         device_reset: Out(1), pulse: the driver reset the device.
@@ -55,14 +55,13 @@ class VirtioPciTransport(wiring.Component):
 
     def __init__(self, *, device_features, num_queues, queue_size_max, msix_vectors,
                  device_cfg_size, device_cfg_addr_width, stats_addr_width, layout=BarLayout(),
-                 queue_groups=None):
+                 settings_readers=1):
         self.layout = layout
         self.num_queues = num_queues
         self.msix_vectors = msix_vectors
         self._common = CommonConfig(device_features=device_features, num_queues=num_queues,
                                     queue_size_max=queue_size_max, msix_vectors=msix_vectors,
-                                    groups=queue_groups)
-        settings = QueueSettingsSignature(self._common.slots)
+                                    readers=settings_readers)
         self._notify_width = _width(num_queues)
         self._table_width = _width(msix_vectors * spec.MSIX_ENTRY_SIZE // 4)
         self._pba_width = _width((msix_vectors + 31) // 32)
@@ -75,7 +74,7 @@ class VirtioPciTransport(wiring.Component):
             "stats": Out(RegisterBusSignature(stats_addr_width)),
             "doorbell": Out(stream.Signature(16)),
             "queue_enable": Out(num_queues),
-            "settings": In(settings).array(len(self._common.groups)),
+            "settings": In(QueueSettingsSignature(num_queues)).array(settings_readers),
             "status": Out(8),
             "driver_features": Out(64),
             "device_reset": Out(1),

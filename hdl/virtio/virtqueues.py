@@ -28,19 +28,13 @@ from ..pcie.dma_mux import DmaReadMux, DmaWriteMux
 from .common_cfg import QueueSettingsSignature
 from .ring_engine import RingEngine, RingError, Role
 
-__all__ = ["Virtqueues", "ROLES", "queue_groups"]
+__all__ = ["Virtqueues", "ROLES"]
 
 ROLES = (Role.TX, Role.RX, Role.CTRL)      # the engines, in the order of `settings`
 
 _CLIENT = {Role.TX: 0, Role.RX: 1, Role.CTRL: 2}     # DMA write mux inputs
 _READ_CLIENT = {Role.RX: 0, Role.CTRL: 1}             # DMA read mux inputs (TX reads alone)
 CTRL_MAX_COMMAND = 256     # bytes of class, command and data the control engine passes on
-
-
-def queue_groups(num_queues):
-    """The queues each engine serves, in `ROLES` order: the common config keeps
-    one settings table per engine (`CommonConfig`'s ``groups``)."""
-    return [role.queues(num_queues) for role in ROLES]
 
 
 class Virtqueues(wiring.Component):
@@ -58,18 +52,14 @@ class Virtqueues(wiring.Component):
 
     def __init__(self, *, num_queues, max_tx_frame, initial_idx=0):
         self.num_queues = num_queues
-        slots = max(len(group) for group in queue_groups(num_queues))
         self.tx_engine = RingEngine(role=Role.TX, num_queues=num_queues,
-                                    max_tx_frame=max_tx_frame, initial_idx=initial_idx,
-                                    settings_slots=slots)
-        self.rx_engine = RingEngine(role=Role.RX, num_queues=num_queues, initial_idx=initial_idx,
-                                    settings_slots=slots)
+                                    max_tx_frame=max_tx_frame, initial_idx=initial_idx)
+        self.rx_engine = RingEngine(role=Role.RX, num_queues=num_queues, initial_idx=initial_idx)
         self.ctrl_engine = RingEngine(role=Role.CTRL, num_queues=num_queues,
-                                      max_tx_frame=CTRL_MAX_COMMAND, initial_idx=initial_idx,
-                                      settings_slots=slots)
+                                      max_tx_frame=CTRL_MAX_COMMAND, initial_idx=initial_idx)
         super().__init__({
             "queue_enable": In(num_queues),
-            "settings": Out(QueueSettingsSignature(slots)).array(len(ROLES)),
+            "settings": Out(QueueSettingsSignature(num_queues)).array(len(ROLES)),
             "run": In(1),
             "event_idx": In(1),
             "indirect": In(1),
