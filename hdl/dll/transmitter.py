@@ -264,7 +264,9 @@ class TlpTransmitter(wiring.Component):
         replaying = Signal()
         replay_end = Signal(SEQ_BITS)
         following = Signal(SEQ_BITS)     # the TLP to send after it in a replay
-        ptr = Signal(addr_bits)
+        # the buffer address of the DW after the one being sent, registered: no
+        # adder between the link's ready and the read address
+        ptr_next = Signal(addr_bits)
         remaining = Signal(length_bits)
         cur_slot = Signal(slot_layout)
         accepted = self.tx.valid & self.tx.ready
@@ -294,7 +296,7 @@ class TlpTransmitter(wiring.Component):
                 m.next = "Fetch"
             with m.State("Fetch"):
                 m.d.comb += [lcrc.clear.eq(1), rd.addr.eq(cur_slot.start), rd.en.eq(1)]
-                m.d.sync += [ptr.eq(cur_slot.start), remaining.eq(cur_slot.length)]
+                m.d.sync += [ptr_next.eq(cur_slot.start + 1), remaining.eq(cur_slot.length)]
                 m.next = "Sequence_Number"
             with m.State("Sequence_Number"):
                 m.d.comb += [self.tx.valid.eq(1), out.first.eq(1),
@@ -310,8 +312,8 @@ class TlpTransmitter(wiring.Component):
                 m.d.comb += [self.tx.valid.eq(1), out.data.eq(rd.data[16:32]),
                              lcrc.en.eq(accepted)]
                 with m.If(accepted):
-                    m.d.sync += [remaining.eq(remaining - 1), ptr.eq(ptr + 1)]
-                    m.d.comb += [rd.addr.eq(ptr + 1), rd.en.eq(1)]
+                    m.d.sync += [remaining.eq(remaining - 1), ptr_next.eq(ptr_next + 1)]
+                    m.d.comb += [rd.addr.eq(ptr_next), rd.en.eq(1)]
                     with m.If(remaining == 1):
                         m.next = "LCRC_Low"
                     with m.Else():
