@@ -10,9 +10,21 @@ virtio-net): read-only 32-bit counters that wrap, cleared by device reset.
 
 Queue q is the virtqueue index: 2n is receiveq n, 2n+1 transmitq n. Packets
 and bytes are frames as on the wire (no virtio_net_hdr).
+
+The per-queue counters live in two LUT RAM tables, one for the receiveqs'
+events and one for the transmitqs', a row (packets, bytes, drops) per queue
+pair: an event is registered, then its row is read (asynchronously), added to
+and written back in one cycle, so an event the next cycle for the same queue
+sees the new row. Frames dropped before any queue took them (``rx_drop``)
+have a register of their own, added to queue 0's drops when read. The drop
+reasons are registers (several can pulse at once). After a device reset the
+tables are rewritten with zeros, a row a cycle (``(num_queues + 1) // 2``
+cycles); events in those cycles are not counted (the device is idle then:
+the driver has yet to set DRIVER_OK again).
 """
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .. import spec
@@ -60,34 +72,81 @@ class QueueCounters(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nq = self.num_queues
-        packets = [Signal(_COUNTER_BITS, name=f"packets{q}") for q in range(nq)]
-        octets = [Signal(_COUNTER_BITS, name=f"bytes{q}") for q in range(nq)]
-        drops = [Signal(_COUNTER_BITS, name=f"drops{q}") for q in range(nq)]
+        rows = (nq + 1) // 2                 # a row per pair: queue q is row q // 2
+        row_bits = len(QueueStat) * _COUNTER_BITS
         by_reason = [Signal(_COUNTER_BITS, name=f"drop_{r.name.lower()}") for r in DropCounter]
+        wire_drops = Signal(_COUNTER_BITS)   # receiveq 0's, before steering
 
-        for q in range(nq):
-            event = self.tx if q % 2 else self.rx
-            here = event.queue == q
-            with m.If(event.packet & here):
-                m.d.sync += [packets[q].eq(packets[q] + 1), octets[q].eq(octets[q] + event.length)]
-            engine_drop = event.drop & here
-            wire_drop = self.rx_drop if q == 0 else 0
-            m.d.sync += drops[q].eq(drops[q] + engine_drop + wire_drop)
+        clearing = Signal(init=1)            # after (device) reset: zero the tables
+        clear_row = Signal(range(max(rows, 2)))
+        with m.If(clearing):
+            m.d.sync += clear_row.eq(clear_row + 1)
+            with m.If(clear_row == rows - 1):
+                m.d.sync += [clearing.eq(0), clear_row.eq(0)]
+
+        # the bus's read: which queue row and which counter of it
+        bus_q = Signal(range(1 << STATS_ADDR_WIDTH))
+        m.d.comb += bus_q.eq((self.bus.addr - QUEUE_STATS_BASE_DW) // QUEUE_STATS_DW)
+        bus_stat = self.bus.addr[:(QUEUE_STATS_DW - 1).bit_length()]
+        bus_queue_dw = (self.bus.addr >= QUEUE_STATS_BASE_DW) & (bus_q < nq)
+
+        read_words = []                      # (parity, the bus row's counters)
+        for parity, event in ((0, self.rx), (1, self.tx)):
+            table = Memory(shape=row_bits, depth=rows, init=[])
+            m.submodules[f"table{parity}"] = table
+            update = table.read_port(domain="comb")
+            shown = table.read_port(domain="comb")
+            write = table.write_port()
+            # stage 1: the event, registered
+            ev_row = Signal(range(max(rows, 2)), name=f"ev_row{parity}")
+            ev_packet = Signal(name=f"ev_packet{parity}")
+            ev_length = Signal(16, name=f"ev_length{parity}")
+            ev_drop = Signal(name=f"ev_drop{parity}")
+            ours = event.queue[0] == parity
+            m.d.sync += [
+                ev_row.eq(event.queue[1:]),
+                ev_packet.eq(event.packet & ours & (event.queue < nq)),
+                ev_length.eq(event.length),
+                ev_drop.eq(event.drop & ours & (event.queue < nq)),
+            ]
+            # stage 2: read, add, write back
+            def counter(stat, increment):
+                """The row's ``stat`` counter plus ``increment``, wrapping at 32 bits."""
+                total = update.data.word_select(stat, _COUNTER_BITS) + increment
+                return total[:_COUNTER_BITS]
+            new = Cat(counter(QueueStat.PACKETS, ev_packet),
+                      counter(QueueStat.BYTES, Mux(ev_packet, ev_length, 0)),
+                      counter(QueueStat.DROPS, ev_drop))
+            m.d.comb += update.addr.eq(ev_row)
+            with m.If(clearing):
+                m.d.comb += [write.addr.eq(clear_row), write.data.eq(0), write.en.eq(1)]
+            with m.Else():
+                m.d.comb += [write.addr.eq(ev_row), write.data.eq(new),
+                             write.en.eq(ev_packet | ev_drop)]
+            m.d.comb += shown.addr.eq(bus_q[1:])
+            read_words.append((parity, shown.data))
+
+        m.d.sync += wire_drops.eq(wire_drops + self.rx_drop)
         for reason, counter in zip(DropCounter, by_reason):
             with m.If(self.reasons[reason]):
                 m.d.sync += counter.eq(counter + 1)
 
+        # --- the window -------------------------------------------------------
+        queue_word = Signal(_COUNTER_BITS)
+        for parity, words in read_words:
+            with m.If(bus_q[0] == parity):
+                with m.Switch(bus_stat):
+                    for stat in QueueStat:
+                        with m.Case(stat):
+                            m.d.comb += queue_word.eq(words.word_select(stat, _COUNTER_BITS))
+        # queue 0's drops include the frames dropped before steering
+        wire_share = Mux((bus_q == 0) & (bus_stat == QueueStat.DROPS), wire_drops, 0)
         with m.If(self.bus.r_stb):
             m.d.sync += self.bus.r_data.eq(0)
+            with m.If(bus_queue_dw):
+                m.d.sync += self.bus.r_data.eq(queue_word + wire_share)
             with m.Switch(self.bus.addr):
                 for reason, counter in zip(DropCounter, by_reason):
                     with m.Case(reason):
                         m.d.sync += self.bus.r_data.eq(counter)
-                for q in range(nq):
-                    base = QUEUE_STATS_BASE_DW + QUEUE_STATS_DW * q
-                    for stat, counter in ((QueueStat.PACKETS, packets[q]),
-                                          (QueueStat.BYTES, octets[q]),
-                                          (QueueStat.DROPS, drops[q])):
-                        with m.Case(base + stat):
-                            m.d.sync += self.bus.r_data.eq(counter)
         return m
