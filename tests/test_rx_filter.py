@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from hdl.net.rx_filter import FILTER_LATENCY, FilterReason, RxFilter, RX_MODE_RESET
+from hdl.net.rx_filter import COMPARE_CYCLES, FILTER_LATENCY, FilterReason, RxFilter, RX_MODE_RESET
 from hdl.net.rx_parse import FrameHeadParser
 from tests.amaranth_sim import CLOCK_PERIOD
 from tests.test_rx_parse import drive_frames
@@ -106,14 +106,24 @@ async def vlan_write(ctx, dut, vid, present):
 
 
 async def push_heads(ctx, dut, heads):
-    """One head a cycle, back to back, then let the pipeline drain."""
+    """Heads as close as the filter takes them (a frame's ``COMPARE_CYCLES``
+    cycles after the previous frame's, a runt's at any cycle), then let the
+    pipeline drain."""
+    since_frame = COMPARE_CYCLES              # cycles since the last frame's head
     for head in heads:
+        if head.eth:
+            ctx.set(dut.head.valid, 0)
+            while since_frame < COMPARE_CYCLES:
+                await ctx.tick()
+                since_frame += 1
+            since_frame = 0
         ctx.set(dut.head.valid, 1)
         ctx.set(dut.head.payload, {
             "dst_mac": mac_int(head.dst), "eth": int(head.eth),
             "vlan": int(head.vid is not None), "vid": head.vid or 0,
         })
         await ctx.tick()
+        since_frame += 1
     ctx.set(dut.head.valid, 0)
     for _ in range(FILTER_LATENCY):
         await ctx.tick()
@@ -190,6 +200,34 @@ def test_every_mode_combination():
     assert decisions == expected
     # the cases reached every reason and both overflow fallbacks mattered
     assert set(expected) == set(FilterReason)
+
+
+def test_every_entry_position_in_use_and_not():
+    """Each entry of both tables (every bank and row of the comparison): found
+    while the count covers it, not found once the count stops just before it;
+    heads at the closest spacing, each followed at once by a runt."""
+    rng = random.Random(25)
+    dut = RxFilter()
+    uc, mc = make_tables(rng)
+    configs, expected = [], []
+    for count in (UC_ENTRIES, *range(UC_ENTRIES)):
+        cfg = Config(mode=dict.fromkeys(MODES, 0), mac=random_mac(rng, 0), uc=uc, mc=mc,
+                     uc_count=count, mc_count=count, vlan_filter=False)
+        heads = []
+        for dst in uc + mc:
+            heads += [Head(dst), Head(rng.choice(uc + mc), eth=False)]
+        configs.append((cfg, heads))
+        expected += [reference(h, cfg) for h in heads]
+    assert expected.count(FilterReason.ACCEPTED) > len(expected) // 2
+    assert FilterReason.NOT_FOR_US in expected and FilterReason.MULTICAST_REJECTED in expected
+
+    async def testbench(ctx):
+        await write_config(ctx, dut, configs[0][0])
+        for cfg, heads in configs:
+            await write_config(ctx, dut, cfg, tables=False)
+            await push_heads(ctx, dut, heads)
+
+    assert run(dut, testbench) == expected
 
 
 def test_table_rewrite_and_small_tables():

@@ -43,17 +43,26 @@ sends PROMISC and ALLMULTI off (unless the interface asks) and its address
 lists with MAC_TABLE_SET when the interface opens (virtnet_set_rx_mode), so it
 gets filtering from then on.
 
-Latency: ``decision_valid`` pulses 2 cycles after ``head.valid``
-(``FILTER_LATENCY``), one decision per head, one head per cycle at most.
+MAC tables in LUT RAM, compared a few entries a cycle: each table is split
+into banks, entry ``e`` in bank ``e % banks`` at row ``e // banks``, with
+``banks = ceil(entries / COMPARE_CYCLES)``; the destination is compared with
+one row of every bank a cycle, over ``COMPARE_CYCLES`` cycles (16 entries: 4
+comparators a table instead of 16, and no flip-flops for the entries).
+
+Latency: ``decision_valid`` pulses ``FILTER_LATENCY`` cycles after
+``head.valid``, one decision per head. A head with ``eth`` (a frame of at
+least an Ethernet header, so at least ``COMPARE_CYCLES`` beats long) must come
+at least ``COMPARE_CYCLES`` cycles after the previous such head; heads
+without ``eth`` (runts) need no comparison and may come at any cycle.
 """
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .rx_parse import MAC_BITS, VID_BITS, FrameHeadSignature, TableWriteSignature
 
-__all__ = ["FilterReason", "RxFilter", "RxMode", "RX_MODE_RESET", "FILTER_LATENCY",
+__all__ = ["FilterReason", "RxFilter", "RxMode", "RX_MODE_RESET", "FILTER_LATENCY", "COMPARE_CYCLES",
            "MAC_TABLE_ENTRIES", "VLAN_IDS"]
 
 MAC_TABLE_ENTRIES = 16             # default size of each MAC table
@@ -61,7 +70,10 @@ VLAN_IDS = 1 << VID_BITS           # 4096 VIDs, one bit each
 MAC_COUNT_BITS = 32                # virtio_net_ctrl_mac.entries is le32
 BROADCAST_MAC = (1 << MAC_BITS) - 1
 IG_BIT = 0                         # individual/group: bit 0 of the first byte
-FILTER_LATENCY = 2                 # decision_valid, cycles after head.valid
+COMPARE_CYCLES = 4                 # cycles a MAC table comparison takes
+# decision_valid, cycles after head.valid: the head registered, the
+# comparison, the decision registered
+FILTER_LATENCY = 1 + COMPARE_CYCLES + 1
 
 
 class FilterReason(enum.Enum, shape=3):
@@ -112,11 +124,14 @@ class RxFilter(wiring.Component):
         accept:   Out(1), with decision_valid.
         reason:   Out(FilterReason), with decision_valid; ACCEPTED when accept.
 
-    ``mac``, the MAC tables and the VLAN table are read in the cycle of
-    ``head.valid``; ``mode``, the counts and ``vlan_filter_enable`` in the cycle
-    after. The control side changes them between frames (a frame whose head
-    falls in the change may see a mix), and should wait ``FILTER_LATENCY``
-    cycles after a change before it reports the command done.
+    ``mac`` and the VLAN table are read in the cycle of ``head.valid``, the
+    MAC tables and counts in the ``COMPARE_CYCLES`` cycles after it, ``mode``
+    and ``vlan_filter_enable`` in the cycle before ``decision_valid``: all
+    within ``FILTER_LATENCY`` cycles of the head. The control side changes them
+    between frames (a frame whose decision falls in the change may see a mix),
+    and should wait ``FILTER_LATENCY`` cycles after a change before it reports
+    the command done: every frame whose head comes after that sees the new
+    settings.
     """
 
     def __init__(self, *, uc_entries=MAC_TABLE_ENTRIES, mc_entries=MAC_TABLE_ENTRIES):
@@ -146,17 +161,41 @@ class RxFilter(wiring.Component):
         head = self.head.payload
         dst = head.dst_mac
 
-        # --- MAC tables: registers, every entry compared at once -------------
-        def table(name, entries, port):
-            regs = [Signal(MAC_BITS, name=f"{name}{n}") for n in range(entries)]
-            with m.If(port.en):
-                for n, reg in enumerate(regs):
-                    with m.If(port.addr == n):
-                        m.d.sync += reg.eq(port.data)
-            return regs
+        # --- MAC tables: LUT RAM banks, a row of each compared a cycle ------
+        compare = Signal(range(COMPARE_CYCLES + 1), init=COMPARE_CYCLES)  # the row compared, or idle
+        compare_dst = Signal(MAC_BITS)
+        m.d.sync += compare.eq(Mux(compare == COMPARE_CYCLES, compare, compare + 1))
+        with m.If(self.head.valid & head.eth):
+            m.d.sync += [compare.eq(0), compare_dst.eq(dst)]
 
-        uc_table = table("uc", self.uc_entries, self.uc_w)
-        mc_table = table("mc", self.mc_entries, self.mc_w)
+        def table(name, entries, port, count):
+            """Compare ``compare_dst`` with the table's entries in use, a row of
+            each bank a cycle; returns (a match, registered once the last row
+            is compared; the count is above the table's size)."""
+            banks = -(-entries // COMPARE_CYCLES)
+            low_bits = entries.bit_length()          # counts up to `entries` fit here
+            many = count[low_bits:].any()            # covers every entry
+            hit = Signal(name=f"{name}_hit")
+            row_hits = []
+            for bank in range(banks):
+                ram = Memory(shape=MAC_BITS, depth=COMPARE_CYCLES, init=[])
+                m.submodules[f"{name}_bank{bank}"] = ram
+                write = ram.write_port()
+                read = ram.read_port(domain="comb")
+                m.d.comb += [write.addr.eq(port.addr // banks), write.data.eq(port.data),
+                             write.en.eq(port.en & (port.addr % banks == bank)),
+                             read.addr.eq(compare)]
+                entry = compare * banks + bank           # the entry this bank shows
+                in_use = many | (entry < count[:low_bits])
+                row_hits.append((read.data == compare_dst) & (entry < entries) & in_use)
+            with m.If(compare == 0):
+                m.d.sync += hit.eq(Cat(row_hits).any())
+            with m.Elif(compare != COMPARE_CYCLES):
+                m.d.sync += hit.eq(hit | Cat(row_hits).any())
+            return hit, count > entries
+
+        uc_match, uc_all = table("uc", self.uc_entries, self.uc_w, self.uc_count)
+        mc_match, mc_all = table("mc", self.mc_entries, self.mc_w, self.mc_count)
 
         # --- VLAN table: one bit per VID in block RAM ------------------------
         m.submodules.vlan_table = vlan_table = Memory(shape=1, depth=VLAN_IDS, init=[])
@@ -174,15 +213,13 @@ class RxFilter(wiring.Component):
         with m.If(self.vlan_clear):
             m.d.sync += [self.vlan_clearing.eq(1), clear_ptr.eq(0)]
 
-        # --- stage 1 (the head's cycle): compare, look the VID up -------------
+        # --- stage 1 (the head's cycle): the head's own tests, the VID -------
         s_valid = Signal()
         s_eth = Signal()
         s_tagged = Signal()
         s_bcast = Signal()
         s_group = Signal()
         s_own = Signal()
-        uc_hits = Signal(self.uc_entries)
-        mc_hits = Signal(self.mc_entries)
         m.d.comb += vlan_rd.addr.eq(head.vid)
         m.d.sync += s_valid.eq(self.head.valid)
         with m.If(self.head.valid):
@@ -192,53 +229,50 @@ class RxFilter(wiring.Component):
                 s_bcast.eq(dst == BROADCAST_MAC),
                 s_group.eq(dst[IG_BIT]),
                 s_own.eq(dst == self.mac),
-                uc_hits.eq(_matches(uc_table, dst)),
-                mc_hits.eq(_matches(mc_table, dst)),
             ]
+        s_vlan_ok = Signal()
+        m.d.comb += s_vlan_ok.eq(vlan_rd.data[0])
 
-        # --- stage 2: the tables' counts, the modes, the decision ------------
-        def usage(count, entries):
-            """(entries in use, one bit each; more addresses than entries)."""
-            low_bits = entries.bit_length()          # counts up to `entries` fit here
-            big = count[low_bits:].any()
-            low = count[:low_bits]
-            used = Signal(entries)
-            m.d.comb += used.eq(Cat(*(big | (low > n) for n in range(entries))))
-            return used, big | (low > entries)
+        # --- while the tables are compared: the head's results wait ----------
+        def delayed(value, name):
+            for stage in range(COMPARE_CYCLES):
+                later = Signal.like(value, name=f"{name}_d{stage}")
+                m.d.sync += later.eq(value)
+                value = later
+            return value
 
-        uc_used, uc_all = usage(self.uc_count, self.uc_entries)
-        mc_used, mc_all = usage(self.mc_count, self.mc_entries)
-        uc_match = (uc_hits & uc_used).any()
-        mc_match = (mc_hits & mc_used).any()
+        d_valid = delayed(s_valid, "valid")
+        d_eth = delayed(s_eth, "eth")
+        d_tagged = delayed(s_tagged, "tagged")
+        d_bcast = delayed(s_bcast, "bcast")
+        d_group = delayed(s_group, "group")
+        d_own = delayed(s_own, "own")
+        d_vlan_ok = delayed(s_vlan_ok, "vlan_ok")
+
+        # --- the decision ------------------------------------------------------
         mode = self.mode
-        vlan_ok = vlan_rd.data[0]
-
         reason = Signal(FilterReason)
         with m.If(mode.promisc):
             m.d.comb += reason.eq(FilterReason.ACCEPTED)
-        with m.Elif(self.vlan_filter_enable & s_tagged & ~vlan_ok):
+        with m.Elif(self.vlan_filter_enable & d_tagged & ~d_vlan_ok):
             m.d.comb += reason.eq(FilterReason.VLAN_REJECTED)
-        with m.Elif(~s_eth):
+        with m.Elif(~d_eth):
             m.d.comb += reason.eq(FilterReason.ACCEPTED)
-        with m.Elif(s_bcast):
+        with m.Elif(d_bcast):
             m.d.comb += reason.eq(FilterReason.ACCEPTED)
             with m.If(mode.nobcast):
                 m.d.comb += reason.eq(FilterReason.BROADCAST_REJECTED)
-        with m.Elif(s_group):
+        with m.Elif(d_group):
             m.d.comb += reason.eq(FilterReason.MULTICAST_REJECTED)
             with m.If(~mode.nomulti & (mode.allmulti | mc_all | mc_match)):
                 m.d.comb += reason.eq(FilterReason.ACCEPTED)
         with m.Else():
             m.d.comb += reason.eq(FilterReason.NOT_FOR_US)
-            with m.If(~mode.nouni & (mode.alluni | uc_all | s_own | uc_match)):
+            with m.If(~mode.nouni & (mode.alluni | uc_all | d_own | uc_match)):
                 m.d.comb += reason.eq(FilterReason.ACCEPTED)
 
-        m.d.sync += self.decision_valid.eq(s_valid)
-        with m.If(s_valid):
+        m.d.sync += self.decision_valid.eq(d_valid)
+        with m.If(d_valid):
             m.d.sync += [self.reason.eq(reason), self.accept.eq(reason == FilterReason.ACCEPTED)]
         return m
 
-
-def _matches(entries, value):
-    """One bit per entry: the entry equals value."""
-    return Cat(*(entry == value for entry in entries))
