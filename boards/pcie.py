@@ -42,6 +42,14 @@ Resets
 Flow control needs no help here: the data link layer frees receive credits
 as TLPs leave its buffer into the crossing, and both crossings apply
 back-pressure (``ready``), so nothing is dropped.
+
+Errors: the link's correctable errors (PCIe Base 4.0 section 6.2: Receiver
+Error, Bad TLP, Bad DLLP, REPLAY_NUM Rollover, Replay Timer Timeout) cross
+into ``sync`` as pulses (`hdl.eth.cdc.PulseCrossing`) for the core's
+``link_correctable_error`` (Device Status.Correctable Error Detected). A
+burst faster than ``sync`` can take loses pulses but never all of them: the
+status bit only needs one. Pulses from while the core is held in reset are
+ignored by it (the crossing's read side drains them).
 """
 from types import SimpleNamespace
 
@@ -52,6 +60,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.fifo import AsyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from hdl.eth.cdc import PulseCrossing
 from hdl.pcie.tlp import TlpBeat, TlpStreamSignature
 from hdl.pcie_link import PcieLink
 from hdl.phy.ltssm import LtssmState
@@ -268,6 +277,9 @@ class BoardPcieLink(wiring.Component):
         show a mixed value for one cycle).
     receiver_error : Out(1), ``sync``
         A receiver (framing or 8b/10b) error in the last `ERROR_HOLD_S`.
+    correctable_error : Out(1), ``sync``, registered
+        Pulse: the link found a correctable error (`PcieLink.correctable_error`,
+        section 6.2), for the core's ``link_correctable_error``.
 
     ``clock_frequencies`` and ``clock_nets`` (relative to this component:
     prefix its submodule name) give the domains it creates for build reports.
@@ -285,6 +297,7 @@ class BoardPcieLink(wiring.Component):
         self.reset_control = CoreResetControl()
         self.crossings = LinkCrossings()
         self.error_stretcher = PulseStretcher(round(ERROR_HOLD_S * PIPE_CLK_HZ))
+        self.error_crossing = PulseCrossing(1, i_domain=PCIE_DOMAIN, o_domain="sync")
         if (self.serdes.clock_frequencies != self.CLOCK_FREQUENCIES
                 or f"serdes.{self.serdes.clock_nets[PCIE_RX_DOMAIN]}"
                 != self.CLOCK_NETS[PCIE_RX_DOMAIN]):
@@ -301,6 +314,7 @@ class BoardPcieLink(wiring.Component):
             "link_up": Out(1),
             "state": Out(LtssmState),
             "receiver_error": Out(1),
+            "correctable_error": Out(1),
         })
 
     def elaborate(self, platform):
@@ -343,6 +357,11 @@ class BoardPcieLink(wiring.Component):
                                      ("state", state, self.state),
                                      ("error", stretcher.active, self.receiver_error)):
             m.submodules[f"{name}_sync"] = FFSynchronizer(source, target, stages=SYNC_STAGES)
+
+        # correctable errors (section 6.2): pulses into sync, registered there
+        m.submodules.error_crossing = error_crossing = self.error_crossing
+        m.d.comb += error_crossing.i.eq(link.correctable_error)
+        m.d.sync += self.correctable_error.eq(error_crossing.o)
 
         # a named, kept alias of the pcie clock, for the build report (`clock_nets`)
         probe = Signal(name=self.clock_nets[PCIE_DOMAIN], attrs={"keep": 1})

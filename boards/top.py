@@ -19,7 +19,9 @@ Every core port is served (`LINK_PORTS`, `MAC_PORTS`, `SWITCH_PORTS`):
 
 * ``link_up`` (the *Ethernet* link state the driver reads in
   ``virtio_net_config.status``): DIP switch 1, synchronised. There is no MDIO
-  yet to read the PHY's link state.
+  yet to read the PHY's link state;
+* ``link_correctable_error``: `BoardPcieLink`, the link's correctable errors
+  (PCIe Base 4.0 section 6.2) crossed into ``sync``, for Device Status.
 
 So ``make bitstream`` builds the whole design: core, PCIe link and MAC. The
 build checks that none of the core was optimised away (`boards.build`,
@@ -45,7 +47,10 @@ reset pin is held for `PHY_RESET_HOLD_S` after that. PERST# holds the serdes
 ``ResetInserter`` on ``sync``) while PERST# is asserted, while the DCU's
 transmit side is not running, and while the link is not DL_Up (PCIe Base 4.0
 section 2.9.1: DL_Down is a hot reset for an upstream port); see
-`boards.pcie`. The MAC is not reset with the core.
+`boards.pcie`. The MAC is reset with the core (`BoardMac`): its core side
+with it, its Ethernet side (``eth_tx``, hence ``eth_rx``) through the same
+`ResetSynchronizer`s as the board reset, so a frame the reset cuts never
+reaches the wire with a good FCS.
 
 LEDs (amaranth-boards ``led`` 0..7; 1 = lit, the resource handles the
 active-low pins):
@@ -69,17 +74,19 @@ stand-in core can be used to develop the board code.
 import importlib
 import os
 
-from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Module, Elaboratable, ResetInserter,
-                          ResetSignal, Shape, Signal)
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, DomainRenamer, Module, Elaboratable,
+                          ResetInserter, ResetSignal, Shape, Signal)
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from hdl.eth.frame import MAX_FRAME_LENGTH
-from hdl.eth.gmii import ETH_RX_DOMAIN, ETH_TX_DOMAIN, GMII_CLK_HZ
+from hdl.eth.gmii import (ETH_RX_DOMAIN, ETH_TX_DOMAIN, GMII_CLK_HZ, GmiiRxSignature,
+                          GmiiTxSignature)
 from hdl.eth.mac import EthernetMac
 from hdl.eth.mac_rx import RxDrop
 from hdl.eth.rgmii import RESET_SYNC_STAGES as RX_RESET_SYNC_STAGES, Rgmii, add_rx_domain
+from hdl.lib.bytes import ByteStreamSignature
 from hdl.phy.ltssm import LtssmState
 
 from .pcie import BoardPcieLink, PulseStretcher
@@ -90,8 +97,9 @@ from .versa import CLK100_HZ, request_pcie_pads
 __all__ = [
     "CORE_MODULE_ENV", "DEFAULT_CORE_MODULE", "LED_COUNT", "SYNC_CLK_HZ", "ETH_TX_CLK_HZ",
     "ETH_RX_CLK_HZ", "ETH_PORT", "LINK_PORTS", "MAC_PORTS", "SWITCH_PORTS", "MAC_EVENTS",
-    "MAC_EVENT_BITS", "PHY_RESET_HOLD_S", "LED_HOLD_S", "Led", "LTSSM_LEDS",
-    "load_core_module", "make_core", "mac_events", "StatusLeds", "PhyResetTimer", "VersaTop",
+    "MAC_EVENT_BITS", "PHY_RESET_HOLD_S", "LED_HOLD_S", "MAC_RESET_HOLD_CYCLES", "Led",
+    "LTSSM_LEDS", "load_core_module", "make_core", "mac_events", "StatusLeds", "PhyResetTimer",
+    "BoardMac", "VersaTop",
 ]
 
 
@@ -115,7 +123,7 @@ ETH_PORT = 0
 LED_COUNT = 8
 
 #: Core ports and who serves them: the PCIe link, the MAC, a DIP switch.
-LINK_PORTS = ("tlp_rx", "tlp_tx")
+LINK_PORTS = ("tlp_rx", "tlp_tx", "link_correctable_error")
 MAC_PORTS = ("wire_tx", "wire_rx", "wire_rx_abort")
 SWITCH_PORTS = ("link_up",)
 #: The MAC's event pulses (``sync``), shown on the LEDs (every bit reaches an
@@ -134,6 +142,15 @@ SWITCH_LINK_UP = 1
 # Flip-flop stages of the pin synchronisers and of the reset synchronisers.
 SYNC_STAGES = 2
 RESET_SYNC_STAGES = 2
+#: `BoardMac`: cycles its request for the Ethernet side's reset outlasts the
+#: core's reset: more than ``eth_tx``'s reset takes to show in ``sync`` (the
+#: synchroniser's stages, a cycle of metastability, the register), so that
+#: the MAC's core side stays in reset without a gap from the request to the
+#: moment ``eth_tx`` is seen out of reset.
+MAC_RESET_HOLD_CYCLES = SYNC_STAGES + 2
+#: `BoardMac`'s local domain for the MAC's core side: the ``sync`` clock,
+#: reset with the core.
+MAC_CORE_DOMAIN = "mac_core"
 #: Flip-flops Amaranth 0.5's ECP5 `io.DDRBuffer` adds to an output for its
 #: output enable (ODDRX1F's pipeline): two delay stages plus one per pin.
 DDR_OE_DELAY_FLOPS = 2
@@ -254,6 +271,112 @@ class PhyResetTimer(wiring.Component):
         return m
 
 
+class BoardMac(wiring.Component):
+    """The `EthernetMac` as the board runs it: reset with the core.
+
+    The core is held in reset on PERST# and DL_Down (`boards.pcie`); a reset
+    in the middle of a frame would otherwise leave half of it in the MAC's
+    transmit FIFO, sent later, joined to the next frame, with a good FCS. So:
+
+    * the MAC's core side (its ``sync`` logic: the FIFOs' write side for
+      transmit, read side for receive, the event crossings' read side, the
+      counters) runs in a local domain, `MAC_CORE_DOMAIN`, on the ``sync``
+      clock with its own reset: the board's, or the core's, or a request
+      still pending (below). A real domain, not a `ResetInserter`: an
+      `AsyncFIFO` empties on its write domain's *reset signal*, and takes
+      its read side with it (Amaranth's rule: reset control rests with the
+      write domain; a read-domain reset leaves the data), so the transmit
+      FIFOs flush on both sides, nothing of the cut frame left;
+    * the Ethernet side (``eth_tx``, and ``eth_rx``, whose reset follows
+      it) is reset through the board's `ResetSynchronizer`s: the parent ORs
+      ``eth_reset_request`` into the board reset of ``eth_tx``. That clears
+      `BeatsToOctets`'s beat, cuts a frame on the wire (``tx_en`` drops, no
+      FCS: the far end drops it), and, with ``eth_rx`` reset, the receive
+      FIFO (its write side) empties; `MacRx` then drops the rest of a frame
+      it joins in the middle (``NO_SFD``);
+    * ordering: the request lasts `MAC_RESET_HOLD_CYCLES` beyond the core's
+      reset, so that a one-cycle core reset resets the Ethernet side too,
+      and the core side stays in reset until ``eth_tx`` is seen
+      (synchronised) out of reset. So the transmit FIFOs take no beat while
+      their reader is still in reset (`BeatsToOctets` would take it and lose
+      it), whichever of the synchronisers involved resolves first and
+      whatever the clocks' ratio (a simulation, without metastability, gets
+      this order from the request alone);
+    * while the core side is in reset no beat moves on ``tx`` or ``rx``
+      (``ready`` and ``valid`` held low): the core may leave its reset first.
+
+    Ports (directions from this component)
+    --------------------------------------
+    tx : In(ByteStreamSignature), ``sync``
+        Frames from the core (`EthernetMac.tx`).
+    rx : Out(ByteStreamSignature), ``sync``; rx_abort : Out(1), ``sync``
+        Frames to the core (`EthernetMac.rx`, ``rx_abort``).
+    gmii_tx : Out(GmiiTxSignature), ``eth_tx``; gmii_rx : In(GmiiRxSignature), ``eth_rx``
+        To and from `Rgmii`.
+    events : Out(MAC_EVENT_BITS), ``sync``
+        The MAC's event pulses (`mac_events`).
+    core_reset : In(1), ``sync``
+        The core is held in reset (`BoardPcieLink.core_reset`).
+    eth_reset_request : Out(1), ``sync``, registered
+        Assert ``eth_tx``'s reset (asynchronous input of its
+        `ResetSynchronizer`, with the board reset).
+    """
+
+    tx: In(ByteStreamSignature)
+    rx: Out(ByteStreamSignature)
+    rx_abort: Out(1)
+    gmii_tx: Out(GmiiTxSignature)
+    gmii_rx: In(GmiiRxSignature)
+    events: Out(MAC_EVENT_BITS)
+    core_reset: In(1)
+    eth_reset_request: Out(1, init=1)
+
+    def __init__(self, mac):
+        self.mac = mac
+        super().__init__()
+
+    #: Flip-flops it adds around the MAC: the hold counter, the request, the
+    #: synchroniser of eth_tx's reset, the core side's reset register.
+    FLOPS = (Shape.cast(range(MAC_RESET_HOLD_CYCLES + 1)).width + 1 + SYNC_STAGES + 1)
+
+    def elaborate(self, platform):
+        m = Module()
+        # the request: from the core's reset to MAC_RESET_HOLD_CYCLES after it
+        hold = Signal(range(MAC_RESET_HOLD_CYCLES + 1), init=MAC_RESET_HOLD_CYCLES)
+        with m.If(self.core_reset):
+            m.d.sync += hold.eq(MAC_RESET_HOLD_CYCLES)
+        with m.Elif(hold != 0):
+            m.d.sync += hold.eq(hold - 1)
+        m.d.sync += self.eth_reset_request.eq(self.core_reset | (hold != 0))
+        # eth_tx's reset, seen in sync (eth_rx's follows it, see add_rx_domain)
+        eth_in_reset = Signal(init=1)
+        m.submodules.eth_reset_sync = FFSynchronizer(
+            ResetSignal(ETH_TX_DOMAIN), eth_in_reset, init=1, stages=SYNC_STAGES)
+        # the core side: registered (a cycle after the core's reset: the
+        # core's last beats before it are flushed all the same)
+        mac_reset = Signal(init=1)
+        m.d.sync += mac_reset.eq(self.core_reset | self.eth_reset_request | eth_in_reset)
+        core_side = ClockDomain(MAC_CORE_DOMAIN, local=True)
+        m.domains += core_side
+        m.d.comb += [core_side.clk.eq(ClockSignal("sync")),
+                     core_side.rst.eq(ResetSignal("sync") | mac_reset)]
+        m.submodules.mac = mac = DomainRenamer({"sync": MAC_CORE_DOMAIN})(self.mac)
+
+        wiring.connect(m, mac.gmii_tx, wiring.flipped(self.gmii_tx))
+        wiring.connect(m, wiring.flipped(self.gmii_rx), mac.gmii_rx)
+        m.d.comb += [
+            mac.tx.payload.eq(self.tx.payload),
+            mac.tx.valid.eq(self.tx.valid & ~mac_reset),
+            self.tx.ready.eq(mac.tx.ready & ~mac_reset),
+            self.rx.payload.eq(mac.rx.payload),
+            self.rx.valid.eq(mac.rx.valid & ~mac_reset),
+            mac.rx.ready.eq(self.rx.ready & ~mac_reset),
+            self.rx_abort.eq(mac.rx_abort & ~mac_reset),
+            self.events.eq(mac_events(mac)),
+        ]
+        return m
+
+
 class VersaTop(Elaboratable):
     """ECP5-5G Versa top around the unchanged `VirtioNetCore`, the `EthernetMac`
     and the PCIe side (`boards.pcie.BoardPcieLink`).
@@ -284,6 +407,7 @@ class VersaTop(Elaboratable):
         self.params = params
         max_frame = getattr(params, "max_frame", MAX_FRAME_LENGTH)
         self.mac = EthernetMac(max_frame=max_frame)
+        self.board_mac = BoardMac(self.mac)
         self.phy_reset_timer = PhyResetTimer(round(PHY_RESET_HOLD_S * SYNC_CLK_HZ))
         self.status_leds = StatusLeds(round(LED_HOLD_S * SYNC_CLK_HZ))
         self.pcie_link = None
@@ -308,17 +432,18 @@ class VersaTop(Elaboratable):
     def board_flops(self):
         """Flip-flops the board adds around the core, the MAC and the PCIe side
         (each synthesised alone for the coverage check): pin and reset
-        synchronisers (``sync``, ``eth_tx``, ``eth_rx``), PHY reset timer, LED
-        stretchers, and the output-enable flops of the RGMII DDR outputs. The
-        DDR registers themselves are IDDRX1F/ODDRX1F cells, not flip-flops."""
+        synchronisers (``sync``, ``eth_tx``, ``eth_rx``), the MAC's reset with
+        the core (`BoardMac`), PHY reset timer, LED stretchers, and the
+        output-enable flops of the RGMII DDR outputs. The DDR registers
+        themselves are IDDRX1F/ODDRX1F cells, not flip-flops."""
         ddr_oe = sum(DDR_OE_DELAY_FLOPS + width for width in RGMII_DDR_OUTPUT_WIDTHS)
         return (self.SYNCHRONISED_PINS * SYNC_STAGES
                 + 2 * RESET_SYNC_STAGES + RX_RESET_SYNC_STAGES + self.phy_reset_timer.flops
-                + self.status_leds.flops + ddr_oe)
+                + BoardMac.FLOPS + self.status_leds.flops + ddr_oe)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mac = mac = self.mac
+        m.submodules.mac = mac = self.board_mac      # the EthernetMac, reset with the core
 
         # --- clocks and resets ------------------------------------------------
         m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request("clk100", 0, dir="-"))
@@ -338,12 +463,14 @@ class VersaTop(Elaboratable):
             eth_pll.clk_in.eq(clk_buf.i), cd_eth_tx.clk.eq(eth_pll.clk_out),
         ]
         # One reset for every domain, held until both PLLs lock: the MAC's
-        # crossings want its three domains reset together.
+        # crossings want its three domains reset together. The MAC's also
+        # follow the core's reset (BoardMac): eth_tx's (and so eth_rx's) on
+        # its request.
         board_reset = rst_buf.i | ~pll.locked | ~eth_pll.locked
         m.submodules.rst_sync = ResetSynchronizer(board_reset, domain="sync",
                                                   stages=RESET_SYNC_STAGES)
-        m.submodules.eth_tx_rst_sync = ResetSynchronizer(board_reset, domain=ETH_TX_DOMAIN,
-                                                         stages=RESET_SYNC_STAGES)
+        m.submodules.eth_tx_rst_sync = ResetSynchronizer(
+            board_reset | mac.eth_reset_request, domain=ETH_TX_DOMAIN, stages=RESET_SYNC_STAGES)
 
         # --- PCIe: DCU, link, crossings; the core's TLP ports ----------------------
         lane, refclk = request_pcie_pads(platform)
@@ -355,6 +482,8 @@ class VersaTop(Elaboratable):
         m.submodules.core = core = ResetInserter({"sync": pcie.core_reset})(self.core)
         wiring.connect(m, pcie.tlp_rx, core.tlp_rx)
         wiring.connect(m, core.tlp_tx, pcie.tlp_tx)
+        # Device Status.Correctable Error Detected (PCIe Base 4.0 section 6.2)
+        m.d.comb += core.link_correctable_error.eq(pcie.correctable_error)
 
         # --- Ethernet: RGMII port, MAC, core frame ports ------------------------
         pads = platform.request("eth_rgmii", ETH_PORT, dir="-")
@@ -366,7 +495,8 @@ class VersaTop(Elaboratable):
         wiring.connect(m, rgmii.gmii_rx, mac.gmii_rx)
         wiring.connect(m, core.wire_tx, mac.tx)
         wiring.connect(m, mac.rx, core.wire_rx)
-        m.d.comb += core.wire_rx_abort.eq(mac.rx_abort)
+        m.d.comb += [core.wire_rx_abort.eq(mac.rx_abort),
+                     mac.core_reset.eq(pcie.core_reset)]
 
         # --- Ethernet link state: a switch -------------------------------------------
         switch = self._switch(m, platform, SWITCH_LINK_UP)
@@ -378,7 +508,7 @@ class VersaTop(Elaboratable):
             leds.serdes_ready.eq(pcie.serdes_ready),
             leds.dl_up.eq(pcie.dl_up),
             leds.state.eq(pcie.state),
-            leds.mac_events.eq(mac_events(mac)),
+            leds.mac_events.eq(mac.events),
             leds.pcie_error.eq(pcie.receiver_error),
         ]
         for index in range(LED_COUNT):

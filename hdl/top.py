@@ -137,6 +137,10 @@ class VirtioNetCore(wiring.Component):
         wire_rx: In(FrameStreamSignature), frames from the wire.
         wire_rx_abort: In(1), with wire_rx's last beat: the MAC found the frame
                  bad (FCS, PHY error); it is dropped (and counted as filtered).
+        link_correctable_error: In(1), pulse: the PCIe link (physical or data
+                 link layer) found a correctable error (PCIe Base 4.0 section
+                 6.2); sets Device Status.Correctable Error Detected. 0 where
+                 there is no link (simulation).
     """
     tlp_rx: In(TlpStreamSignature())
     tlp_tx: Out(TlpStreamSignature())
@@ -144,6 +148,7 @@ class VirtioNetCore(wiring.Component):
     wire_tx: Out(FrameStreamSignature)
     wire_rx: In(FrameStreamSignature)
     wire_rx_abort: In(1)
+    link_correctable_error: In(1)
 
     def __init__(self, params=CoreParams()):
         self.params = params
@@ -384,6 +389,7 @@ class VirtioNetCore(wiring.Component):
             completer.window_offset.eq(config_space.window_offset),
             completer.window_length.eq(config_space.window_length),
             config_space.ur_detected.eq(completer.ur_detected),
+            config_space.correctable_error.eq(self.link_correctable_error),
             config_space.poisoned.eq(completer.poisoned),
             config_space.received_ur.eq(dma_read_tx.received_ur | dma_read.received_ur),
             config_space.received_ca.eq(dma_read_tx.received_ca | dma_read.received_ca),

@@ -7,11 +7,14 @@ variable ``VIRTIO_BOARD_CORE_MODULE``, for developing against a stand-in).
 """
 import json
 import random
+import zlib
 
 import pytest
 from amaranth.build import ResourceError
-from amaranth.hdl import ClockDomain, Fragment, Module, ResetInserter, Signal
+from amaranth.hdl import (ClockDomain, Elaboratable, Fragment, Module, ResetInserter,
+                          ResetSignal, Signal)
 from amaranth.lib import wiring
+from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.sim import Simulator
 
 from boards.build import (FF_MIN_RATIO, LUT_MIN_RATIO, CoverageError, _clock_nets_by_bit,
@@ -21,15 +24,19 @@ from boards.pcie import (BoardPcieLink, CoreResetControl, LinkCrossings,
                          TlpCrossing, free_pcie_pads)
 from boards.serdes import PCIE_DOMAIN, PCIE_RX_DOMAIN
 from boards.top import (ETH_PORT, ETH_RX_CLK_HZ, ETH_TX_CLK_HZ, LED_COUNT, LINK_PORTS,
-                        LTSSM_LEDS, MAC_ACTIVITY_BITS, MAC_EVENT_BITS, MAC_PORTS, SWITCH_LINK_UP,
-                        SWITCH_PORTS, SYNC_CLK_HZ, Led, PhyResetTimer, StatusLeds, VersaTop,
-                        mac_events, make_core)
+                        LTSSM_LEDS, MAC_ACTIVITY_BITS, MAC_EVENT_BITS, MAC_PORTS,
+                        RESET_SYNC_STAGES, SWITCH_LINK_UP, SWITCH_PORTS, SYNC_CLK_HZ, BoardMac,
+                        Led, PhyResetTimer, StatusLeds, VersaTop, mac_events, make_core)
 from boards.versa import (PCIE_REFCLK_RESOURCE, PCIE_RESOURCE, VersaPlatform,
                           request_pcie_pads)
+from hdl.eth.frame import FCS_LENGTH, PREAMBLE_LENGTH, PREAMBLE_OCTET, SFD_OCTET
+from hdl.eth.gmii import ETH_RX_DOMAIN, ETH_TX_DOMAIN
 from hdl.eth.mac import EthernetMac, MacCounter
+from hdl.eth.rgmii import RESET_SYNC_STAGES as RX_RESET_SYNC_STAGES
 from hdl.pcie.tlp import TlpBeat
 from hdl.phy.ltssm import LtssmState
 from hdl.phy.pipe import PIPE_CLK_HZ
+from tests.amaranth_sim import beats
 
 
 #: A core-only synthesis below this many LUT4s means the core was gutted.
@@ -54,6 +61,21 @@ PORT_CLOCKS_MHZ = [100, 100, 125]
 #: RGMII DDR registers: TXC, TX_CTL, TXD[4] out; RX_CTL, RXD[4] in (RXC is the clock).
 RGMII_ODDR = 6
 RGMII_IDDR = 5
+#: `test_mac_is_reset_with_the_core`: frame lengths (no padding: at least
+#: 60 octets); octet times for the wire and the loopback to empty; the
+#: receive clock's phase against the transmit clock, in periods.
+MAC_TEST_FRAME_MIN = 60
+MAC_TEST_FRAME_MAX = 200
+MAC_TEST_DRAIN_OCTETS = 2 * (MAC_TEST_FRAME_MAX + 40)
+MAC_TEST_RX_PHASE = 0.25
+#: Core cycles a frame has been on the wire when the core reset cuts it
+#: (fewer than its preamble and shortest frame take at 125 MHz).
+MAC_TEST_CUT_CYCLES = 20
+#: Ethernet clocks (Hz) `test_mac_is_reset_with_the_core` runs at: the
+#: board's, and a fifth of it (the MAC runs at any clock) against the same
+#: core clock, so that the release of the resets is also checked with the
+#: core clock faster than the Ethernet side's.
+MAC_TEST_ETH_HZ = (ETH_TX_CLK_HZ, ETH_TX_CLK_HZ / 5)
 #: Ball names of the Versa's RGMII port 0 (amaranth-boards): TXC, TX_CTL,
 #: TXD[3:0], RXC, RX_CTL, RXD[3:0].
 RGMII0_SITES = ("P19", "R20", "N19", "N20", "P18", "P20", "L20", "U19", "T20", "U20", "T19",
@@ -365,7 +387,8 @@ def test_board_top_holds_the_mac_and_the_link():
     (ECP5 DDR registers on the port's pins, the MAC's crossings, RXC
     constrained), two PLLs (70 and 125 MHz), and the PCIe side: one DCUA and
     one EXTREFB, the DCU's three clocks constrained on their nets, the two TLP
-    crossings; every domain has a kept clock probe for the build report."""
+    crossings and the error crossing; every domain has a kept clock probe
+    for the build report."""
     plan, top = _versa_plan_with_stand_in_core()
     rtlil, lpf = plan.files["top.il"], plan.files["top.lpf"]
     assert rtlil.count("ODDRX1F") == RGMII_ODDR
@@ -387,6 +410,10 @@ def test_board_top_holds_the_mac_and_the_link():
     for net, hz in (("pcie_refclk", 100e6), ("pcie_tx_pclk", 125e6), ("pcie_rx_pclk", 125e6)):
         assert f'FREQUENCY NET "{link}.serdes.{net}" {hz} HZ' in lpf, net
     assert "rx_crossing" in rtlil and "tx_crossing" in rtlil
+    # the link's correctable errors cross into sync for the core (Device Status);
+    # the MAC's core side runs in its own domain, reset with the core
+    assert "error_crossing" in rtlil and "link_correctable_error" in rtlil
+    assert "mac_core" in rtlil
     assert set(top.clock_nets) == set(BOARD_DOMAINS_MHZ)
     for name in top.clock_nets.values():
         leaf = name.rsplit(".", 1)[-1]
@@ -415,6 +442,153 @@ def test_phy_reset_is_held_after_the_board_reset():
     sim.run()
     # registered: the last reset cycle still shows, then `cycles` more, then off
     assert seen == [1] * 3 + [1] * cycles + [0] * 4, seen
+
+
+class _MacUnderCoreReset(Elaboratable):
+    """`BoardMac` wired as `VersaTop` wires it, for simulation: ``sync`` reset
+    by ``board_reset``; ``eth_tx`` by a `ResetSynchronizer` on
+    ``board_reset`` or the MAC's ``eth_reset_request``; ``eth_rx``'s
+    following ``eth_tx``'s (as `add_rx_domain` does); the GMII looped back
+    from transmit to receive (no RGMII)."""
+
+    def __init__(self):
+        self.board_mac = BoardMac(EthernetMac())
+        self.board_reset = Signal(init=1)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        m.domains.eth_tx = ClockDomain(ETH_TX_DOMAIN)
+        m.domains.eth_rx = ClockDomain(ETH_RX_DOMAIN)
+        m.submodules.board_mac = mac = self.board_mac
+        m.d.comb += cd_sync.rst.eq(self.board_reset)
+        m.submodules.eth_tx_rst = ResetSynchronizer(
+            self.board_reset | mac.eth_reset_request, domain=ETH_TX_DOMAIN, stages=RESET_SYNC_STAGES)
+        m.submodules.eth_rx_rst = ResetSynchronizer(
+            ResetSignal(ETH_TX_DOMAIN), domain=ETH_RX_DOMAIN, stages=RX_RESET_SYNC_STAGES)
+        m.d.comb += [mac.gmii_rx.rxd.eq(mac.gmii_tx.txd),
+                     mac.gmii_rx.rx_dv.eq(mac.gmii_tx.tx_en),
+                     mac.gmii_rx.rx_er.eq(mac.gmii_tx.tx_er)]
+        return m
+
+
+def _wire_frame(burst):
+    """The frame in a GMII burst [(octet, tx_er)] if it has the preamble, the
+    SFD, no tx_er and a good FCS (802.3 clause 3.2.9); else None."""
+    octets = bytes(octet for octet, _ in burst)
+    start = bytes([PREAMBLE_OCTET] * PREAMBLE_LENGTH + [SFD_OCTET])
+    if any(error for _, error in burst) or not octets.startswith(start):
+        return None
+    body = octets[len(start):]
+    frame, fcs = body[:-FCS_LENGTH], body[-FCS_LENGTH:]
+    if len(frame) < 1 or zlib.crc32(frame) != int.from_bytes(fcs, "little"):
+        return None
+    return frame
+
+
+@pytest.mark.parametrize("eth_hz", MAC_TEST_ETH_HZ, ids=lambda hz: f"eth{hz / 1e6:g}MHz")
+def test_mac_is_reset_with_the_core(eth_hz):
+    """A core reset cuts frames in the MAC (`BoardMac`): half a frame in the
+    transmit FIFO (the core reset while sending it, store-and-forward: no
+    token yet), a frame on the wire, and one more half frame under a
+    one-cycle core reset. None of them reaches the wire with a good FCS or
+    the core's receive side as a good frame; the whole frames before and
+    after each reset do, once each, in order (the GMII is looped back)."""
+    rng = random.Random(SEED)
+    frames = {name: rng.randbytes(rng.randrange(MAC_TEST_FRAME_MIN, MAC_TEST_FRAME_MAX))
+              for name in "ABCDEFG"}
+    dut = _MacUnderCoreReset()
+    mac = dut.board_mac
+    drain = round(MAC_TEST_DRAIN_OCTETS * SYNC_CLK_HZ / eth_hz)     # sync cycles
+    bursts = []          # on the wire: [(octet, tx_er)] per tx_en burst
+    received = []        # at the core: (frame, abort)
+
+    async def send(ctx, frame, *, beats_only=None):
+        for index, (data, keep, last) in enumerate(beats(frame)):
+            if beats_only is not None and index == beats_only:
+                break
+            ctx.set(mac.tx.payload, {"data": data, "keep": keep, "last": last})
+            ctx.set(mac.tx.valid, 1)
+            await ctx.tick().until(mac.tx.ready)
+            ctx.set(mac.tx.valid, 0)
+
+    async def wait(ctx, cycles):        # tick().repeat() refuses to run through a reset
+        for _ in range(cycles):
+            await ctx.tick()
+
+    async def core_reset(ctx, cycles):
+        ctx.set(mac.core_reset, 1)
+        await wait(ctx, cycles)
+        ctx.set(mac.core_reset, 0)
+
+    async def core(ctx):
+        ctx.set(mac.core_reset, 1)
+        await wait(ctx, 10)
+        ctx.set(dut.board_reset, 0)
+        await wait(ctx, 10)
+        ctx.set(mac.core_reset, 0)
+        await send(ctx, frames["A"])
+        await wait(ctx, drain)                            # A on the wire and back
+        half = len(beats(frames["B"])) // 2
+        await send(ctx, frames["B"], beats_only=half)     # the core resets mid-frame
+        await core_reset(ctx, 5)
+        await send(ctx, frames["C"])
+        await wait(ctx, drain)
+        await send(ctx, frames["D"])
+        sent_before = len(bursts)
+        while len(bursts) == sent_before and not ctx.get(mac.gmii_tx.tx_en):
+            await ctx.tick()
+        await wait(ctx, MAC_TEST_CUT_CYCLES)              # D is on the wire: cut it
+        assert ctx.get(mac.gmii_tx.tx_en)
+        await core_reset(ctx, 3)
+        await send(ctx, frames["E"])
+        await wait(ctx, drain)
+        await send(ctx, frames["F"], beats_only=half)
+        await core_reset(ctx, 1)                          # a one-cycle reset
+        await send(ctx, frames["G"])
+        await wait(ctx, drain)
+
+    async def wire(ctx):
+        burst = []
+        while True:
+            _, _, tx_en, txd, tx_er = await ctx.tick(ETH_TX_DOMAIN).sample(
+                mac.gmii_tx.tx_en, mac.gmii_tx.txd, mac.gmii_tx.tx_er)
+            if tx_en:
+                burst.append((txd, tx_er))
+            elif burst:
+                bursts.append(burst)
+                burst = []
+
+    async def core_rx(ctx):
+        frame = bytearray()
+        ctx.set(mac.rx.ready, 1)
+        while True:
+            _, _, valid, payload, abort, in_reset = await ctx.tick().sample(
+                mac.rx.valid, mac.rx.payload, mac.rx_abort, mac.core_reset)
+            if in_reset:                 # the core's receive buffer is reset too
+                frame = bytearray()
+            if not valid:
+                continue
+            frame += payload.data.to_bytes(4, "little")[:payload.keep.bit_length()]
+            if payload.last:
+                received.append((bytes(frame), abort))
+                frame = bytearray()
+
+    sim = Simulator(dut)
+    sim.add_clock(1 / SYNC_CLK_HZ)
+    sim.add_clock(1 / eth_hz, domain=ETH_TX_DOMAIN)
+    sim.add_clock(1 / eth_hz, domain=ETH_RX_DOMAIN, phase=MAC_TEST_RX_PHASE / eth_hz)
+    sim.add_testbench(core)
+    sim.add_testbench(wire, background=True)
+    sim.add_testbench(core_rx, background=True)
+    sim.run()
+
+    good = [_wire_frame(burst) for burst in bursts]
+    whole = [frames[name] for name in "ACEG"]
+    assert [frame for frame in good if frame is not None] == whole, \
+        [len(frame) if frame else None for frame in good]
+    assert frames["D"] not in good and len(bursts) == len(whole) + 1   # D went out, cut
+    assert [frame for frame, abort in received if not abort] == whole
 
 
 def test_pcie_resources():

@@ -8,14 +8,14 @@ byte for byte, in order, exactly once.
 """
 import random
 
-from amaranth.hdl import Cat, Elaboratable, Module, Signal
+from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hdl import spec
 from hdl.dll.data_link import DataLink
-from hdl.dll.dllp import DllpType, FcKind
+from hdl.dll.dllp import SEQ_BITS, DllpType, FcKind
 from hdl.dll.lcrc import LCRC
 from hdl.dll.receiver import TlpReceiver
 from hdl.dll.transmitter import TlpTransmitter
@@ -131,8 +131,13 @@ class LinkChannel(wiring.Component):
     ``latency`` cycles of delay. Between packets the transmit side's ``ready``
     goes low now and then (the PHY sending SKPs). Faults, for the next packets
     that match (kind, and for DLLPs the type byte): drop ``drop_n`` of them,
-    flip a bit in ``corrupt_n`` TLPs. Counters: TLPs, Naks and UpdateFCs that
-    got through, packets dropped and corrupted.
+    flip a bit in ``corrupt_n`` packets of kind ``corrupt_kind`` (TLPs
+    unless set; ``drop_n`` and ``corrupt_n`` are totals to reach, compared
+    with ``dropped`` and ``corrupted``). With ``seq_only`` set, TLP faults
+    hit only TLPs whose Sequence Number is ``seq``.
+    Counters: TLPs, Naks and UpdateFCs that got through, packets dropped and
+    corrupted; ``watched``: TLPs numbered ``watch_seq`` that got through;
+    ``last_seq``: the number of the last TLP that did.
     """
 
     def __init__(self, latency=6):
@@ -141,9 +146,11 @@ class LinkChannel(wiring.Component):
             "tx": In(LinkPacketSignature()),
             "rx": Out(LinkPacketSignature()),
             "drop_n": In(8), "drop_kind": In(PacketKind), "drop_type": In(8),
-            "corrupt_n": In(8),
+            "corrupt_n": In(8), "corrupt_kind": In(PacketKind),
+            "seq_only": In(1), "seq": In(SEQ_BITS), "watch_seq": In(SEQ_BITS),
             "dropped": Out(8), "corrupted": Out(8),
             "tlps": Out(16), "naks": Out(16), "update_fcs": Out(16),
+            "watched": Out(8), "last_seq": Out(SEQ_BITS),
         })
 
     def elaborate(self, platform):
@@ -168,11 +175,19 @@ class LinkChannel(wiring.Component):
             m.d.sync += [in_packet.eq(~beat.last), beat_no.eq(beat_no + 1)]
             with m.If(beat.first):
                 m.d.sync += beat_no.eq(1)
+                is_tlp = beat.kind == PacketKind.TLP
+                tlp_seq = Cat(beat.data[8:16], beat.data[0:4])     # 3.6.2.1
+                seq_ok = ~self.seq_only | (tlp_seq == self.seq)
                 matches = ((beat.kind == self.drop_kind)
-                           & ((beat.kind == PacketKind.TLP) | (beat.data[0:8] == self.drop_type)))
+                           & Mux(is_tlp, seq_ok, beat.data[0:8] == self.drop_type))
                 m.d.comb += drop_now.eq(matches & (self.dropped != self.drop_n))
-                m.d.comb += corrupt_now.eq(~drop_now & (beat.kind == PacketKind.TLP)
+                m.d.comb += corrupt_now.eq(~drop_now & (beat.kind == self.corrupt_kind)
+                                           & (~is_tlp | seq_ok)
                                            & (self.corrupted != self.corrupt_n))
+                with m.If(~drop_now & is_tlp):
+                    m.d.sync += self.last_seq.eq(tlp_seq)
+                    with m.If(tlp_seq == self.watch_seq):
+                        m.d.sync += self.watched.eq(self.watched + 1)
                 m.d.sync += [dropping.eq(drop_now & ~beat.last), corrupting.eq(corrupt_now)]
                 with m.If(drop_now):
                     m.d.sync += self.dropped.eq(self.dropped + 1)
@@ -188,8 +203,9 @@ class LinkChannel(wiring.Component):
                     m.d.sync += self.update_fcs.eq(self.update_fcs + 1)
             with m.If(beat.last):
                 m.d.sync += [dropping.eq(0), corrupting.eq(0)]
-            with m.If(corrupting & (beat_no == 3)):
-                m.d.comb += passed.eq(beat.as_value() ^ 0x4)     # a bit of the header
+            # a bit of a TLP's header (its fourth beat), of a DLLP's body (second)
+            with m.If(corrupting & (beat_no == Mux(beat.kind == PacketKind.TLP, 3, 1))):
+                m.d.comb += passed.eq(beat.as_value() ^ 0x4)
         data, valid = stages[0]
         m.d.sync += [data.eq(passed), valid.eq(take & ~drop_now & ~dropping)]
         for (d0, v0), (d1, v1) in zip(stages, stages[1:]):
@@ -663,5 +679,138 @@ def test_many_faults_both_ways(seed=18):
         await ctx.tick().repeat(200)
         traffic.check()
         assert ctx.get(pair.ab.corrupted) == 3 and ctx.get(pair.ba.corrupted) == 3
+
+    run_pair([control, *traffic.benches()])
+
+
+ERROR_PORTS = ("bad_tlp", "bad_dllp", "replay_timer_timeout", "retrain")
+
+
+def test_correctable_errors_are_reported():
+    """Each correctable error of section 6.2 the data link layer detects
+    pulses its port once per event, on the side that detects it: Bad TLP
+    (corrupted TLPs, and the TLPs after them out of sequence), Bad DLLP (a
+    DLLP CRC error), Replay Timer Timeout (Acks lost). A clean link reports
+    nothing."""
+    rng = random.Random(20)
+    rounds = [(random_tlps(rng, 6, max_dws=8), random_tlps(rng, 6, max_dws=8)),
+              (random_tlps(rng, 12, max_dws=8), random_tlps(rng, 12, max_dws=8))]
+    traffic = Traffic(*rounds[0], seed=20)
+    counts = {(side, name): 0 for side in "ab" for name in ERROR_PORTS}
+    dllps_corrupted, tlps_corrupted, acks_lost = 3, 2, 10
+    second_round = []
+
+    async def watch(ctx, pair):
+        ports = [getattr(getattr(pair, side), name) for side, name in counts]
+        while True:
+            _, _, *values = await ctx.tick().sample(*ports)
+            for key, value in zip(counts, values):
+                counts[key] += value
+
+    async def control(ctx, pair):
+        await link_up(ctx, pair)
+        await until(ctx, traffic.done, 20000, "clean traffic")
+        traffic.check()
+        assert not any(counts.values()), counts
+        # faults: b -> a DLLPs corrupted, a -> b TLPs corrupted, a's Acks lost
+        ctx.set(pair.ba.corrupt_kind, PacketKind.DLLP)
+        ctx.set(pair.ba.corrupt_n, dllps_corrupted)
+        ctx.set(pair.ab.corrupt_n, tlps_corrupted)
+        ctx.set(pair.ab.drop_kind, PacketKind.DLLP)
+        ctx.set(pair.ab.drop_type, DllpType.ACK)
+        ctx.set(pair.ab.drop_n, acks_lost)
+        traffic.sent = dict(zip("ab", rounds[1]))
+        traffic.got = {"a": [], "b": []}
+        second_round.append(True)
+        await until(ctx, traffic.done, 30000, "traffic with faults")
+        await ctx.tick().repeat(500)
+        traffic.check()
+        assert ctx.get(pair.ba.corrupted) == dllps_corrupted
+        assert ctx.get(pair.ab.corrupted) == tlps_corrupted
+        assert ctx.get(pair.ab.dropped) == acks_lost
+        assert counts["a", "bad_dllp"] == dllps_corrupted, counts
+        # the corrupted TLPs and those behind them, out of sequence (3.6.3.1)
+        assert counts["b", "bad_tlp"] > tlps_corrupted, counts
+        assert counts["b", "replay_timer_timeout"] >= 1, counts
+        assert counts["b", "bad_dllp"] == counts["a", "bad_tlp"] == 0, counts
+
+    def source(name, index):
+        async def bench(ctx, pair):
+            link = getattr(pair, name)
+            await wait_for(ctx, link.dl_up)
+            await send_tlps(ctx, link.tlp_tx, rounds[0][index])
+            while not second_round:
+                await ctx.tick()
+            await send_tlps(ctx, link.tlp_tx, rounds[1][index])
+        return bench
+
+    run_pair([control, watch, source("a", 0), source("b", 1), *traffic.benches()[2:]])
+
+
+# --- sequence numbers past 4095 ---------------------------------------------------------
+
+SEQ_MOD = 1 << SEQ_BITS
+WRAP_TLPS = SEQ_MOD + 200
+
+
+def numbered_tlps(rng, count):
+    """``count`` small TLPs of each credit type in turn (MWr P, MRd NP, CplD Cpl),
+    tagged and addressed by their index, so a lost, repeated or reordered one
+    shows."""
+    tlps = []
+    for n in range(count):
+        kind = n % 3
+        if kind == 0:
+            tlps.append(mwr(rng, 4 * n, 1, tag=n & 0xFF))
+        elif kind == 1:
+            tlps.append(mrd(4 * n, 1, tag=n & 0xFF))
+        else:
+            tlps.append(cpld(rng, 1, tag=n & 0xFF, requester=n & 0xFFFF))
+    return tlps
+
+
+def test_sequence_numbers_wrap_with_faults():
+    """More than 4096 TLPs each way: NEXT_TRANSMIT_SEQ, ACKD_SEQ and
+    NEXT_RCV_SEQ wrap from 4095 to 0 (12 bits, 3.6.2.1 and 3.6.3.1) while
+    replays cross the wrap:
+
+    - a -> b: TLP 4094 corrupted: b Naks 4093, a replays 4094, 4095, 0, ...;
+    - b -> a: TLP 0 lost: a sees 1 out of sequence, Naks 4095, b replays 0, 1, ...;
+    - a's Acks to b lost while b's numbers wrap: b's REPLAY_TIMER replays
+      TLPs on both sides of the wrap and a drops them as duplicates.
+
+    Every TLP arrives once, in order, byte for byte."""
+    rng = random.Random(19)
+    traffic = Traffic(numbered_tlps(rng, WRAP_TLPS), numbered_tlps(rng, WRAP_TLPS), seed=19)
+    acks_lost = 12
+
+    async def control(ctx, pair):
+        ab, ba = pair.ab, pair.ba
+        for channel in (ab, ba):
+            ctx.set(channel.seq_only, 1)
+        ctx.set(ab.seq, SEQ_MOD - 2)
+        ctx.set(ab.corrupt_n, 1)
+        ctx.set(ab.watch_seq, 0)
+        ctx.set(ba.seq, 0)
+        ctx.set(ba.drop_kind, PacketKind.TLP)
+        ctx.set(ba.drop_n, 1)
+        ctx.set(ba.watch_seq, 1)
+        await link_up(ctx, pair)
+        # b's numbers come close to the wrap: lose a's next Acks
+        await until(ctx, lambda: ctx.get(ba.last_seq) >= SEQ_MOD - 12, 200_000, "b near the wrap")
+        ctx.set(ab.drop_kind, PacketKind.DLLP)
+        ctx.set(ab.drop_type, DllpType.ACK)
+        ctx.set(ab.drop_n, acks_lost)
+        await until(ctx, traffic.done, 200_000, "traffic")
+        await ctx.tick().repeat(200)          # nothing more arrives
+        traffic.check()
+        assert ctx.get(ab.corrupted) == 1 and ctx.get(ba.dropped) == 1
+        assert ctx.get(ab.dropped) == acks_lost
+        assert ctx.get(ba.naks) >= 1 and ctx.get(ab.naks) >= 1
+        # the replays crossed the wrap: a sent TLP 0 again after the Nak; b
+        # sent TLP 1 after the Nak and again when its REPLAY_TIMER fired
+        assert ctx.get(ab.watched) >= 2 and ctx.get(ba.watched) >= 3
+        assert ctx.get(ab.tlps) > WRAP_TLPS and ctx.get(ba.tlps) > WRAP_TLPS
+        assert ctx.get(pair.a.dl_up) and ctx.get(pair.b.dl_up)
 
     run_pair([control, *traffic.benches()])

@@ -14,11 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 from amaranth.hdl import Elaboratable, Module
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
 from hdl import spec
-from hdl.pcie_link import PcieLink
+from hdl.pcie_link import CorrectableErrors, PcieLink
 from hdl.phy.ltssm import LtssmState, LtssmTimeouts
 from hdl.phy.phy import PortRole
 from hdl.top import CoreParams, VirtioNetCore
@@ -33,6 +33,8 @@ from tests.test_phy_link import FAST as PHY_FAST
 LINK_NUMBER = 3
 BAR = 0xFE00_0000
 CYCLE_LIMIT = 40_000
+#: The causes in `CorrectableErrors`, in order.
+CORRECTABLE_CAUSES = tuple(data.Layout.cast(CorrectableErrors).members)
 
 
 class Stack(Elaboratable):
@@ -69,6 +71,32 @@ def run(stack, control, *background):
     sim.run()
 
 
+class ErrorWatch:
+    """Counts each port's correctable error pulses (`CorrectableErrors`,
+    section 6.2) cycle by cycle: ``counts[side][cause]``, ``any[side]``
+    (``correctable_error``), and ``mismatches`` (cycles where
+    ``correctable_error`` is not the OR of the causes)."""
+
+    def __init__(self):
+        self.counts = {side: dict.fromkeys(CORRECTABLE_CAUSES, 0) for side in "ab"}
+        self.any = {side: 0 for side in "ab"}
+        self.mismatches = 0
+
+    async def bench(self, ctx, stack):
+        ports = [getattr(stack, side).correctable for side in "ab"]
+        ports += [getattr(stack, side).correctable_error for side in "ab"]
+        while True:
+            _, _, a, b, any_a, any_b = await ctx.tick().sample(*ports)
+            for side, causes, any_ in (("a", a, any_a), ("b", b, any_b)):
+                hit = False
+                for name in CORRECTABLE_CAUSES:
+                    if getattr(causes, name):
+                        self.counts[side][name] += 1
+                        hit = True
+                self.any[side] += any_
+                self.mismatches += hit != bool(any_)
+
+
 async def until(ctx, condition, what, limit=CYCLE_LIMIT):
     for _ in range(limit):
         if condition():
@@ -83,6 +111,7 @@ def test_trains_to_dl_active_and_carries_tlps_both_ways(lane):
     rng = random.Random(7)
     traffic = Traffic(random_tlps(rng, 30), random_tlps(rng, 30), seed=1)
     seen = {"b_link_up_before_dl_up": False}
+    errors = ErrorWatch()
 
     async def control(ctx, stack):
         async def dl_up():
@@ -97,17 +126,25 @@ def test_trains_to_dl_active_and_carries_tlps_both_ways(lane):
         assert ctx.get(stack.a.state) == LtssmState.L0 == ctx.get(stack.b.state)
         await until(ctx, traffic.done, "the TLPs")
 
-    run(Stack(**lane), control, *traffic.benches())
+    run(Stack(**lane), control, errors.bench, *traffic.benches())
     traffic.check()
     assert seen["b_link_up_before_dl_up"], "DL_Up came without LinkUp first"
+    # a clean lane: no correctable error (section 6.2) on either side, training included
+    assert errors.any == {"a": 0, "b": 0}, errors.counts
+    assert errors.mismatches == 0
 
 
 @pytest.mark.parametrize("direction", ["corrupt_ab", "corrupt_ba"])
 def test_corrupted_symbols_are_replayed_and_nothing_is_lost(direction):
+    """Symbols corrupted on the lane (8b/10b decode errors) under traffic:
+    every TLP still arrives once, in order. The receiving side reports a
+    Receiver Error for each and Bad TLPs (section 6.2, correctable), each as
+    a pulse of ``correctable_error``; the sending side no Receiver Error."""
     rng = random.Random(11)
     traffic = Traffic(random_tlps(rng, 40), random_tlps(rng, 40), seed=2)
     hits = []
     errors = []
+    watch = ErrorWatch()
 
     async def control(ctx, stack):
         await until(ctx, lambda: ctx.get(stack.a.dl_up) and ctx.get(stack.b.dl_up), "DL_Active")
@@ -138,10 +175,48 @@ def test_corrupted_symbols_are_replayed_and_nothing_is_lost(direction):
             for _ in range(noise.randrange(100, 400)):
                 await ctx.tick()
 
-    run(Stack(), control, corrupter, receiver_errors, *traffic.benches())
+    run(Stack(), control, corrupter, receiver_errors, watch.bench, *traffic.benches())
     assert len(hits) == 6
     assert len(errors) >= 6, "the corruptions did not reach the receiver"
     traffic.check()
+    receiver, sender = ("b", "a") if direction == "corrupt_ab" else ("a", "b")
+    counts = watch.counts
+    assert counts[receiver]["receiver_error"] >= len(hits), counts
+    assert counts[receiver]["bad_tlp"] >= 1, counts
+    assert watch.any[receiver] >= len(hits), (watch.any, counts)
+    # nothing corrupted the other way (the sender may still see a Bad TLP: a
+    # TLP cut when REPLAY_NUM rolls over and it retrains, section 3.6.2.1)
+    assert counts[sender]["receiver_error"] == 0, counts
+    assert watch.mismatches == 0
+
+
+def test_receiver_errors_before_link_up_are_not_reported():
+    """Symbols corrupted while the link trains (Polling) pulse
+    ``receiver_error`` but are no correctable error: only a link that is up
+    has errors to report (section 6.2). The link still trains."""
+    watch = ErrorWatch()
+    raw = []
+
+    async def control(ctx, stack):
+        await until(ctx, lambda: ctx.get(stack.b.state) == LtssmState.POLLING_ACTIVE, "Polling")
+        for slot in (0, 1, 0):
+            await ctx.tick().repeat(20)
+            ctx.set(stack.lane.corrupt_slot, slot)
+            ctx.set(stack.lane.corrupt_ab, 1)
+            await ctx.tick()
+            ctx.set(stack.lane.corrupt_ab, 0)
+        await until(ctx, lambda: ctx.get(stack.a.dl_up) and ctx.get(stack.b.dl_up), "DL_Active")
+
+    async def receiver_errors(ctx, stack):
+        while True:
+            _, _, error, link_up = await ctx.tick().sample(stack.b.receiver_error,
+                                                            stack.b.link_up)
+            if error:
+                raw.append(link_up)
+
+    run(Stack(), control, receiver_errors, watch.bench)
+    assert len(raw) >= 3 and not any(raw), raw
+    assert watch.any == {"a": 0, "b": 0}, watch.counts
 
 
 def test_retrain_under_traffic_loses_nothing():

@@ -477,6 +477,44 @@ def test_config_ur_detected_sets_rw1c_cleared_only_by_writing_1():
     simulate(cfg, tb)
 
 
+CORR = int(spec.PcieDevSta.CORR_ERR_DETECTED) << 16
+
+
+def test_config_correctable_error_sets_rw1c_whether_or_not_reporting_is_enabled():
+    """A correctable error from the link (PCIe Base 4.0 section 6.2) sets
+    Device Status.Correctable Error Detected, with Device Control's
+    Correctable Error Reporting Enable clear (the reset value) or set
+    (section 7.5.3.5: the status logs errors either way); only writing 1 to
+    it clears it."""
+    cfg, devctl_dw = config_space()
+    reporting = int(spec.PcieDevCtl.CORR_ERR_REPORTING)
+
+    async def tb(ctx):
+        initial = await bus_read(ctx, cfg.bus, devctl_dw)
+        assert initial & (0xFFFF_0000 | reporting) == 0
+        for devctl in (initial, initial | reporting):
+            await bus_write(ctx, cfg.bus, devctl_dw, devctl, 0b0011)
+            assert await bus_read(ctx, cfg.bus, devctl_dw) == devctl
+            await pulse(ctx, cfg.correctable_error)
+            assert await bus_read(ctx, cfg.bus, devctl_dw) == devctl | CORR
+            # a second error while set: still set, nothing else
+            await pulse(ctx, cfg.correctable_error)
+            assert await bus_read(ctx, cfg.bus, devctl_dw) == devctl | CORR
+            # writing 0, or 1 to UR Detected, leaves it set
+            await bus_write(ctx, cfg.bus, devctl_dw, devctl | UR, 0b1111)
+            assert await bus_read(ctx, cfg.bus, devctl_dw) == devctl | CORR
+            # writing 1 to it clears it and leaves Device Control alone
+            await bus_write(ctx, cfg.bus, devctl_dw, CORR, 0b0100)
+            assert await bus_read(ctx, cfg.bus, devctl_dw) == devctl
+        # the error in the cycle of the clearing write: the error wins (set after clear)
+        ctx.set(cfg.correctable_error, 1)
+        await bus_write(ctx, cfg.bus, devctl_dw, CORR, 0b0100)
+        ctx.set(cfg.correctable_error, 0)
+        assert await bus_read(ctx, cfg.bus, devctl_dw) & CORR
+
+    simulate(cfg, tb)
+
+
 def test_config_devctl_reset_value_and_rw_mask():
     """Device Control: reset value with MRRS = 512 bytes; MPS and MRRS fields writable.
 

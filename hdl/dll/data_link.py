@@ -61,7 +61,11 @@ class DataLink(wiring.Component):
         link_up: In(1), the physical layer's LinkUp (3.2.1).
         dl_up:   Out(1), DL_Active (3.2).
         retrain: Out(1), pulse: REPLAY_NUM rolled over (3.6.2.1); the physical
-                 layer should enter Recovery.
+                 layer should enter Recovery. Also the correctable error
+                 REPLAY_NUM Rollover (6.2).
+        bad_tlp, bad_dllp, replay_timer_timeout: Out(1), registered pulses: the
+                 correctable errors Bad TLP (3.6.3.1), Bad DLLP (3.6.2.2) and
+                 Replay Timer Timeout (3.6.2.1) of section 6.2's error list.
 
     Parameters: advertised credits ``p_hdr``, ``p_data``, ``np_hdr``,
     ``np_data``; ``cpl_reserve_dws``/``cpl_reserve_tlps`` (see above);
@@ -90,6 +94,9 @@ class DataLink(wiring.Component):
             "link_up": In(1),
             "dl_up": Out(1),
             "retrain": Out(1),
+            "bad_tlp": Out(1),
+            "bad_dllp": Out(1),
+            "replay_timer_timeout": Out(1),
         })
 
     def elaborate(self, platform):
@@ -114,7 +121,13 @@ class DataLink(wiring.Component):
         wiring.connect(link, receiver.tlp, wiring.flipped(self.tlp_rx))
         wiring.connect(link, transmitter.credit, gate.credit)
         wiring.connect(link, receiver.freed, allocator.freed)
-        link.d.comb += self.retrain.eq(transmitter.retrain)
+        link.d.comb += [
+            self.retrain.eq(transmitter.retrain),
+            # correctable errors (6.2), each a registered pulse already
+            self.bad_tlp.eq(receiver.bad_tlp),
+            self.bad_dllp.eq(decoder.bad),
+            self.replay_timer_timeout.eq(transmitter.timed_out),
+        ]
 
         # --- the physical layer's side ------------------------------------------------
         wiring.connect(link, encoder.tx, mux.dllp)

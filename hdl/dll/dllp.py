@@ -168,12 +168,18 @@ class DllpDecoder(wiring.Component):
         rx:   In(LinkPacketSignature()), beats of DLLPs only (``ready`` unused).
         dllp: Out(DllpSignature), one cycle per good DLLP, no back-pressure
               (``ready`` ignored), two cycles after its last beat.
+        bad:  Out(1), registered pulse with ``dllp.valid``'s timing: a DLLP of
+              the right length, without ``bad``, failed its CRC (Bad DLLP,
+              3.6.2.2; a correctable error, 6.2). A DLLP that comes with
+              ``bad`` or the wrong length is the physical layer's error
+              (Receiver Error, framing) and is not counted here.
     """
 
     def __init__(self):
         super().__init__({
             "rx": In(LinkPacketSignature()),
             "dllp": Out(DllpSignature),
+            "bad": Out(1),
         })
 
     def elaborate(self, platform):
@@ -200,8 +206,10 @@ class DllpDecoder(wiring.Component):
         valid = Signal()
         value = Signal(DLLP_BITS)
         register = crc_next(DLLP_CRC, DLLP_CRC.seed, packet)
+        crc_ok = register == DLLP_CRC.residue
         m.d.sync += [
-            valid.eq(ended & (register == DLLP_CRC.residue)),
+            valid.eq(ended & crc_ok),
+            self.bad.eq(ended & ~crc_ok),
             value.eq(dllp_byteswap(packet[:32])),
         ]
         m.d.comb += [self.dllp.valid.eq(valid), self.dllp.payload.eq(value)]

@@ -69,6 +69,11 @@ class TlpReceiver(wiring.Component):
                  the core: its credits can be returned.
         enable:  In(1), the link layer takes TLPs (FC_INIT2 and DL_Active).
         got_tlp: Out(1), pulse: a TLP with a good LCRC arrived (sets FI2, 3.4.2).
+        bad_tlp: Out(1), registered pulse: a Bad TLP (3.6.3.1; a correctable
+                 error, 6.2): a wrong LCRC, ``bad`` without the nullified
+                 LCRC, a malformed length, or a Sequence Number past
+                 NEXT_RCV_SEQ (a lost TLP). Nullified TLPs and duplicates
+                 are not errors.
     """
 
     def __init__(self, *, buffer_dws=2048, max_tlps=64, ack_latency=ACK_LATENCY):
@@ -84,6 +89,7 @@ class TlpReceiver(wiring.Component):
             "freed": Out(stream.Signature(CreditRequest, always_ready=True)),
             "enable": In(1),
             "got_tlp": Out(1),
+            "bad_tlp": Out(1),
         })
 
     def elaborate(self, platform):
@@ -188,6 +194,9 @@ class TlpReceiver(wiring.Component):
                              wptr.eq(wptr - _LCRC_DWS), wcommit.eq(wptr - _LCRC_DWS)]
             with m.Else():
                 m.d.sync += wptr.eq(wcommit)             # roll the packet back
+        # every TLP that asks for a Nak is a Bad TLP, whether or not a Nak
+        # goes out (NAK_SCHEDULED); registered, off the check's path
+        m.d.sync += self.bad_tlp.eq(schedule_nak)
         with m.If(schedule_nak & ~nak_scheduled):
             m.d.sync += [nak_scheduled.eq(1), nak_due.eq(1)]
 

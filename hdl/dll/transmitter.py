@@ -92,7 +92,10 @@ class TlpTransmitter(wiring.Component):
         ack:     In(stream(AckNak), always ready), Acks and Naks received.
         credit:  Out(CreditCheckSignature), to `CreditGate`.
         enable:  In(1), DL_Active: take new TLPs from the core.
-        retrain: Out(1), pulse: REPLAY_NUM rolled over.
+        retrain: Out(1), registered pulse: REPLAY_NUM rolled over (a
+                 correctable error, REPLAY_NUM Rollover, 6.2).
+        timed_out: Out(1), registered pulse: REPLAY_TIMER expired (a
+                 correctable error, Replay Timer Timeout, 6.2).
         idle:    Out(1), every TLP taken is acknowledged.
     """
 
@@ -112,6 +115,7 @@ class TlpTransmitter(wiring.Component):
             "credit": Out(CreditCheckSignature),
             "enable": In(1),
             "retrain": Out(1),
+            "timed_out": Out(1),
             "idle": Out(1),
         })
 
@@ -238,6 +242,7 @@ class TlpTransmitter(wiring.Component):
         with m.If(progress):
             m.d.sync += ackd_seq.eq(ack.seq)
         m.d.sync += self.retrain.eq(0)  # a registered pulse (timing: it goes to the LTSSM)
+        m.d.sync += self.timed_out.eq(timeout)          # registered: error reporting only
         with m.If(new_replay):
             m.d.sync += [replay_request.eq(1),
                          replay_num.eq(Mux(progress, 0, replay_num) + 1)]

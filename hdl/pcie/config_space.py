@@ -122,6 +122,9 @@ class ConfigSpace(wiring.Component):
     Ports:
         bus:         In(RegisterBusSignature(6)), config requests from the completer.
         ur_detected: In(1), pulse: sets Device Status.UR_DETECTED (PCIe cap).
+        correctable_error: In(1), pulse: the link found a correctable error
+                     (PCIe Base 4.0 section 6.2); sets Device Status.Correctable
+                     Error Detected (PCIe cap).
         poisoned:    In(1), pulse: a poisoned TLP was received; sets Status.
         received_ur: In(1), pulse: a completion to our request came back UR;
                      sets Status.Received Master Abort (PCIe Base 4.0 7.5.1.1.4).
@@ -140,6 +143,7 @@ class ConfigSpace(wiring.Component):
     """
     bus: In(RegisterBusSignature(_CFG_ADDR_WIDTH))
     ur_detected: In(1)
+    correctable_error: In(1)
     poisoned: In(1)
     received_ur: In(1)
     received_ca: In(1)
@@ -172,7 +176,12 @@ class ConfigSpace(wiring.Component):
         # Bits the device's hardware sets (RW1C status bits); a set wins over
         # the host's clear in the same cycle, and the host's write still lands.
         devctl_dw = self._pcie_dw + spec.PcieCap.DEVCTL // 4
+        # Device Status logs errors whether or not Device Control enables their
+        # reporting (PCIe Base 4.0 section 7.5.3.5); no error message (ERR_COR
+        # etc., section 6.2.5) is sent, so the enables only read back.
         devsta_set = (self.ur_detected.replicate(32) & (spec.PcieDevSta.UR_DETECTED << 16)
+                      | self.correctable_error.replicate(32)
+                      & (spec.PcieDevSta.CORR_ERR_DETECTED << 16)
                       | self.poisoned.replicate(32) & (spec.PcieDevSta.NONFATAL_ERR_DETECTED << 16))
         status_set = (self.poisoned.replicate(32) & (spec.PciStatus.DETECTED_PARITY_ERROR << 16)
                       | self.received_ur.replicate(32) & (spec.PciStatus.RECEIVED_MASTER_ABORT << 16)
