@@ -135,6 +135,7 @@ class TlpTransmitter(wiring.Component):
 
         next_seq = Signal(SEQ_BITS)                        # NEXT_TRANSMIT_SEQ
         ackd_seq = Signal(SEQ_BITS, init=SEQ_MOD - 1)      # ACKD_SEQ
+        oldest = Signal(SEQ_BITS)                          # ACKD_SEQ + 1, registered (timing)
         stored_seq = Signal(SEQ_BITS)                      # number the next stored TLP gets
         m.d.comb += self.idle.eq(_seq_diff(stored_seq, ackd_seq) == 1)
 
@@ -151,8 +152,8 @@ class TlpTransmitter(wiring.Component):
         m.d.comb += total_dws.eq(3 + four_dw + payload_dws + hdr0[15])   # TD: digest
 
         tail = Signal(addr_bits)            # start of the oldest TLP kept
-        m.d.comb += tail.eq(slots[(ackd_seq + 1)[:SEQ_BITS] % self.slots].start)
-        stored_count = _seq_diff(stored_seq, ackd_seq + 1)
+        m.d.comb += tail.eq(slots[oldest % self.slots].start)
+        stored_count = _seq_diff(stored_seq, oldest)
         free = Signal(addr_bits + 1)
         m.d.sync += free.eq(Mux(stored_count == 0, depth, (tail - wstart)[:addr_bits]))
         room = Signal()
@@ -240,7 +241,7 @@ class TlpTransmitter(wiring.Component):
         new_replay = (ack_ok & ack.nak) | timeout
 
         with m.If(progress):
-            m.d.sync += ackd_seq.eq(ack.seq)
+            m.d.sync += [ackd_seq.eq(ack.seq), oldest.eq((ack.seq + 1)[:SEQ_BITS])]
         m.d.sync += self.retrain.eq(0)  # a registered pulse (timing: it goes to the LTSSM)
         m.d.sync += self.timed_out.eq(timeout)          # registered: error reporting only
         with m.If(new_replay):
@@ -289,7 +290,7 @@ class TlpTransmitter(wiring.Component):
                 with m.If(replay_request):
                     m.d.comb += start_replay.eq(1)
                     with m.If(unacknowledged):
-                        m.d.sync += [cur_seq.eq(ackd_seq + 1), replaying.eq(1),
+                        m.d.sync += [cur_seq.eq(oldest), replaying.eq(1),
                                      replay_end.eq(next_seq)]
                         m.next = "Load"
                 with m.Elif(next_seq != stored_seq):
@@ -328,7 +329,7 @@ class TlpTransmitter(wiring.Component):
                 # skip TLPs an Ack purged during the replay (decided a cycle
                 # ahead; ACKD_SEQ holds still until the TLP has ended)
                 purged = _seq_diff(ackd_seq, cur_seq) < SEQ_HALF
-                m.d.sync += following.eq(Mux(purged, ackd_seq + 1, cur_seq + 1)[:SEQ_BITS])
+                m.d.sync += following.eq(Mux(purged, oldest, (cur_seq + 1)[:SEQ_BITS]))
                 with m.If(accepted):
                     m.next = "LCRC_High"
             with m.State("LCRC_High"):
