@@ -12,11 +12,14 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
+from hdl.lib.bytes import BYTES_PER_BEAT
 from hdl.net.rss import INDIRECTION_TABLE_MAX, MICROSOFT_RSS_KEY, mq_indirection_table
-from hdl.net.rx_classifier import CLASSIFY_LATENCY, RxClassifier
-from hdl.net.rx_filter import RX_MODE_RESET
+from hdl.net.rx_classifier import CLASSIFY_LATENCY, MIN_FRAME_BEATS, RxClassifier
+from hdl.net.rx_filter import MAC_TABLE_ENTRIES, RX_MODE_RESET
+from hdl.net.rx_parse import ETHERTYPE_IPV4
 from tests.amaranth_sim import CLOCK_PERIOD
 from tests.test_rss import toeplitz
+from tests.test_rx_parse import random_mac
 
 OWN = "02:00:5e:10:00:01"
 OTHER = "02:00:5e:10:00:99"
@@ -42,8 +45,9 @@ def expected_pair(frame, pairs):
     return 0
 
 
-def run(frames, *, pairs, promisc, bad=()):
-    """Frames in back to back; per frame out: (bytes, abort, tag, cycles in->out)."""
+def run(frames, *, pairs, promisc, bad=(), uc=(), mc=()):
+    """Frames in back to back, the MAC tables holding ``uc`` and ``mc`` (all in
+    use); per frame out: (bytes, abort, tag)."""
     dut = RxClassifier(max_pairs=PAIRS)
     out = []
     timing = {"first_in": [], "first_out": []}
@@ -62,6 +66,15 @@ def run(frames, *, pairs, promisc, bad=()):
             ctx.set(dut.steer_w.data, entry % pairs)
             await ctx.tick()
         ctx.set(dut.steer_w.en, 0)
+        for port, table in ((dut.uc_w, uc), (dut.mc_w, mc)):
+            for index, mac in enumerate(table):
+                ctx.set(port.en, 1)
+                ctx.set(port.addr, index)
+                ctx.set(port.data, mac_int(mac))
+                await ctx.tick()
+            ctx.set(port.en, 0)
+        ctx.set(dut.uc_count, len(uc))
+        ctx.set(dut.mc_count, len(mc))
         for _ in range(4200):                 # the VLAN table clears
             await ctx.tick()
         cycle = 0
@@ -146,3 +159,23 @@ def test_frames_the_mac_marks_bad_are_dropped():
     frames = flows(rng, 6)
     out = run(frames, pairs=1, promisc=1, bad={frames[1], frames[4]})
     assert [a for _, a, _ in out] == [False, True, False, False, True, False]
+
+
+def test_shortest_frames_back_to_back_meet_the_mac_tables():
+    """Frames of just an Ethernet header, MIN_FRAME_BEATS beats each, back to
+    back: each one's destination is compared with the whole MAC table of its
+    class (virtio 1.2 section 5.1.6.5.2) before its last beat leaves."""
+    rng = random.Random(5)
+
+    def macs(group):
+        return [random_mac(rng, group) for _ in range(MAC_TABLE_ENTRIES)]
+    uc, mc = macs(0), macs(1)
+    strangers = macs(0)[:4] + macs(1)[:4]
+    dsts = uc + mc + strangers + [OWN]
+    rng.shuffle(dsts)
+    frames = [bytes(Ether(dst=dst, src=OTHER, type=ETHERTYPE_IPV4)) for dst in dsts]
+    assert all(-(-len(frame) // BYTES_PER_BEAT) == MIN_FRAME_BEATS for frame in frames)
+    out = run(frames, pairs=1, promisc=0, uc=uc, mc=mc)
+    assert [f for f, _, _ in out] == frames
+    assert [a for _, a, _ in out] == [dst in strangers for dst in dsts]
+

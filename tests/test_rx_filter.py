@@ -1,10 +1,12 @@
 """RxFilter: every CTRL_RX mode combination, the MAC tables (in use, unused,
 overflowing), VLAN filtering on and off, against a reference written from
 virtio 1.2 sections 5.1.6.5.1 to 5.1.6.5.3."""
+import copy
 import itertools
 import random
 from dataclasses import dataclass, field
 
+import pytest
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
@@ -129,21 +131,30 @@ async def push_heads(ctx, dut, heads):
         await ctx.tick()
 
 
-def run(dut, testbench):
+def run(dut, testbench, *, top=None):
+    """Simulate ``top`` (``dut`` by default) and return ``dut``'s decisions,
+    checking that each comes ``FILTER_LATENCY`` cycles after its head."""
     decisions = []
+    heads, decided = [], []                   # cycles of head.valid, of decision_valid
 
     async def monitor(ctx):
-        async for _, _, valid, accept, reason in ctx.tick().sample(
-                dut.decision_valid, dut.accept, dut.reason):
+        cycle = 0
+        async for _, _, head_valid, valid, accept, reason in ctx.tick().sample(
+                dut.head.valid, dut.decision_valid, dut.accept, dut.reason):
+            if head_valid:
+                heads.append(cycle)
             if valid:
                 assert accept == (reason == FilterReason.ACCEPTED)
                 decisions.append(reason)
+                decided.append(cycle)
+            cycle += 1
 
-    sim = Simulator(dut)
+    sim = Simulator(top if top is not None else dut)
     sim.add_clock(CLOCK_PERIOD)
     sim.add_testbench(testbench)
     sim.add_process(monitor)
     sim.run()
+    assert [cycle + FILTER_LATENCY for cycle in heads] == decided
     return decisions
 
 
@@ -230,27 +241,179 @@ def test_every_entry_position_in_use_and_not():
     assert run(dut, testbench) == expected
 
 
-def test_table_rewrite_and_small_tables():
-    """Tables of other sizes; entries rewritten (TABLE_SET again); counts just
-    at and above the size."""
-    rng = random.Random(22)
-    dut = RxFilter(uc_entries=3, mc_entries=1)
+def test_each_table_kept_apart():
+    """The tables share memories and comparators: a destination is compared
+    with its class's table only, under that table's count. Addresses of the
+    other kind in a table (ControlCommands does not check) never match."""
+    rng = random.Random(26)
+    dut = RxFilter()
+    uc, mc = make_tables(rng)
+    mac = random_mac(rng, 0)
+    off = dict.fromkeys(MODES, 0)
+    configs = [Config(mode=off, mac=mac, uc=uc, mc=mc, uc_count=UC_ENTRIES, mc_count=0,
+                      vlan_filter=False),
+               Config(mode=off, mac=mac, uc=uc, mc=mc, uc_count=0, mc_count=MC_ENTRIES,
+                      vlan_filter=False)]
+    swapped = Config(mode=off, mac=mac, uc=mc, mc=uc, uc_count=UC_ENTRIES, mc_count=MC_ENTRIES,
+                     vlan_filter=False)
+    heads = [Head(dst) for dst in uc + mc]
+    expected = [reference(h, cfg) for cfg in configs + [swapped] for h in heads]
+    assert expected.count(FilterReason.ACCEPTED) == len(uc) + len(mc)
+
+    async def testbench(ctx):
+        await write_config(ctx, dut, configs[0])
+        for cfg in configs:
+            await write_config(ctx, dut, cfg, tables=False)
+            await push_heads(ctx, dut, heads)
+        await write_config(ctx, dut, swapped)
+        await push_heads(ctx, dut, heads)
+
+    assert run(dut, testbench) == expected
+
+
+def test_writes_to_both_tables_in_one_cycle_keep_the_multicast_one():
+    rng = random.Random(27)
+    dut = RxFilter()
+    uc, mc = make_tables(rng)
+    entry = UC_ENTRIES // 2
+    new_uc, new_mc = random_mac(rng, 0), random_mac(rng, 1)
+    cfg = Config(mode=dict.fromkeys(MODES, 0), mac=random_mac(rng, 0), uc=uc, mc=mc,
+                 uc_count=UC_ENTRIES, mc_count=MC_ENTRIES, vlan_filter=False)
+    after = Config(**{**cfg.__dict__, "mc": mc[:entry] + [new_mc] + mc[entry + 1:]})
+    heads = [Head(new_uc), Head(uc[entry]), Head(new_mc), Head(mc[entry])]
+    expected = [reference(h, after) for h in heads]
+    assert expected == [FilterReason.NOT_FOR_US, FilterReason.ACCEPTED,
+                        FilterReason.ACCEPTED, FilterReason.MULTICAST_REJECTED]
+
+    async def testbench(ctx):
+        await write_config(ctx, dut, cfg)
+        for port, mac in ((dut.uc_w, new_uc), (dut.mc_w, new_mc)):
+            ctx.set(port.en, 1)
+            ctx.set(port.addr, entry)
+            ctx.set(port.data, mac_int(mac))
+        await ctx.tick()
+        ctx.set(dut.uc_w.en, 0)
+        ctx.set(dut.mc_w.en, 0)
+        await push_heads(ctx, dut, heads)
+
+    assert run(dut, testbench) == expected
+
+
+def test_a_change_reaches_every_later_head():
+    """A change made in a cycle is seen by a head in the next cycle, so by
+    every decision more than FILTER_LATENCY cycles after the change (what
+    the control side's wait before its ack relies on). Each head here comes
+    in the first cycle after a change that turns its verdict: a register set
+    (present from that cycle, as a control-side register written the cycle
+    before), an entry written in every bank and row of both tables, a VLAN
+    table bit."""
+    rng = random.Random(28)
+    dut = RxFilter()
+    uc, mc = make_tables(rng)
+    vid = 42
+    start = Config(mode=dict.fromkeys(MODES, 0), mac=random_mac(rng, 0), uc=uc, mc=mc,
+                   uc_count=UC_ENTRIES, mc_count=MC_ENTRIES, vlan_filter=False)
+    cfg = copy.deepcopy(start)
+    plan, expected = [], []                    # (registers set, a table write, the head)
+
+    def step(head, registers=None, write=None):
+        registers = registers or {}
+        before = copy.deepcopy(cfg)
+        for name, value in registers.items():
+            setattr(cfg, name, value)
+        if write is not None:
+            table, index, value = write
+            if table == "vlans":
+                (cfg.vlans.add if value else cfg.vlans.discard)(index)
+            else:
+                getattr(cfg, table)[index] = value
+        assert reference(head, cfg) != reference(head, before), (registers, write)
+        plan.append((registers, write, head))
+        expected.append(reference(head, cfg))
+
+    replaced = []
+    for entry in range(UC_ENTRIES):
+        for table, group in (("uc", 0), ("mc", 1)):
+            replaced.append(getattr(cfg, table)[entry])
+            new = random_mac(rng, group)
+            step(Head(new), write=(table, entry, new))
+    step(Head(cfg.uc[3]), {"uc_count": 3})     # an entry leaves use...
+    step(Head(cfg.uc[3]), {"uc_count": 4})     # ...and comes back
+    step(Head(cfg.mc[0]), {"mc_count": 0})
+    step(Head(random_mac(rng, 1)), {"mc_count": MC_ENTRIES + 1})   # all multicast
+    new_mac = random_mac(rng, 0)
+    step(Head(new_mac), {"mac": new_mac})
+    step(Head(BROADCAST), {"mode": {**cfg.mode, "nobcast": 1}})
+    step(Head(random_mac(rng, 0)), {"mode": {**cfg.mode, "alluni": 1}})
+    step(Head(BROADCAST, vid=vid), {"vlan_filter": True})
+    step(Head(BROADCAST, vid=vid), write=("vlans", vid, True))
+    step(Head(BROADCAST, vid=vid), write=("vlans", vid, False))
+    step(Head(BROADCAST, vid=vid), {"vlan_filter": False})
+    # and the addresses the writes replaced are gone
+    heads = [Head(dst) for dst in replaced]
+    expected += [reference(h, cfg) for h in heads]
+
+    async def testbench(ctx):
+        await write_config(ctx, dut, start)
+        for registers, write, head in plan:
+            if write is not None:
+                table, index, value = write
+                port = {"uc": dut.uc_w, "mc": dut.mc_w, "vlans": dut.vlan_w}[table]
+                ctx.set(port.en, 1)
+                ctx.set(port.addr, index)
+                ctx.set(port.data, value if table == "vlans" else mac_int(value))
+                await ctx.tick()
+                ctx.set(port.en, 0)
+            for name, value in registers.items():
+                if name == "mode":
+                    ctx.set(dut.mode, value)
+                elif name == "mac":
+                    ctx.set(dut.mac, mac_int(value))
+                elif name == "vlan_filter":
+                    ctx.set(dut.vlan_filter_enable, value)
+                else:
+                    ctx.set(getattr(dut, name), value)
+            await push_heads(ctx, dut, [head])          # the head in this very cycle
+        await push_heads(ctx, dut, heads)
+
+    assert run(dut, testbench) == expected
+
+
+@pytest.mark.parametrize("uc_entries, mc_entries", [(3, 1), (2, 1), (1, 6), (12, 7), (5, 16)])
+def test_table_rewrite_and_other_sizes(uc_entries, mc_entries):
+    """Tables of other sizes (one bank, banks not a power of 2, tables of
+    different sizes); entries rewritten (TABLE_SET again); counts from 0 to
+    just above the size; writes beyond a table's size ignored."""
+    rng = random.Random(22 + uc_entries * 100 + mc_entries)
+    dut = RxFilter(uc_entries=uc_entries, mc_entries=mc_entries)
+    beyond = {"uc": range(uc_entries, 1 << len(dut.uc_w.addr)),
+              "mc": range(mc_entries, 1 << len(dut.mc_w.addr))}
     expected = []
     steps = []
     mac = random_mac(rng, 0)
-    for round_ in range(6):
-        uc = [random_mac(rng, 0) for _ in range(3)]
-        mc = [random_mac(rng, 1)]
-        uc_count, mc_count = rng.choice([(0, 0), (3, 1), (2, 1), (4, 1), (3, 2), (1, 0)])
+    for uc_count, mc_count in zip(rng.sample(range(uc_entries + 2), uc_entries + 2) * 2,
+                                  rng.sample(range(mc_entries + 2), mc_entries + 2) * 2):
+        uc = [random_mac(rng, 0) for _ in range(uc_entries)]
+        mc = [random_mac(rng, 1) for _ in range(mc_entries)]
+        junk = {"uc": [random_mac(rng, 0) for _ in beyond["uc"]],
+                "mc": [random_mac(rng, 1) for _ in beyond["mc"]]}
         cfg = Config(mode=dict.fromkeys(MODES, 0), mac=mac, uc=uc, mc=mc, uc_count=uc_count,
                      mc_count=mc_count, vlan_filter=False)
-        heads = [Head(d) for d in uc + mc + [mac, random_mac(rng, 0), random_mac(rng, 1)]]
-        steps.append((cfg, heads))
+        heads = [Head(d) for d in uc + mc + junk["uc"] + junk["mc"]
+                 + [mac, random_mac(rng, 0), random_mac(rng, 1)]]
+        steps.append((cfg, junk, heads))
         expected += [reference(h, cfg) for h in heads]
 
     async def testbench(ctx):
-        for cfg, heads in steps:
+        for cfg, junk, heads in steps:
             await write_config(ctx, dut, cfg)
+            for port, name in ((dut.uc_w, "uc"), (dut.mc_w, "mc")):
+                for addr, mac in zip(beyond[name], junk[name]):
+                    ctx.set(port.en, 1)
+                    ctx.set(port.addr, addr)
+                    ctx.set(port.data, mac_int(mac))
+                    await ctx.tick()
+                ctx.set(port.en, 0)
             await push_heads(ctx, dut, heads)
 
     assert run(dut, testbench) == expected
@@ -342,7 +505,6 @@ def test_frames_through_the_parser():
         frames.append(frame)
         heads.append(Head(dst, True, vid))
     expected = [reference(h, cfg) for h in heads]
-    decisions = []
 
     async def testbench(ctx):
         await write_config(ctx, dut, cfg)
@@ -350,15 +512,6 @@ def test_frames_through_the_parser():
             await vlan_write(ctx, dut, vid, True)
         await drive_frames(ctx, top.parser.tap, frames, rng)
 
-    async def monitor(ctx):
-        async for _, _, valid, reason in ctx.tick().sample(dut.decision_valid, dut.reason):
-            if valid:
-                decisions.append(reason)
-
-    sim = Simulator(top)
-    sim.add_clock(CLOCK_PERIOD)
-    sim.add_testbench(testbench)
-    sim.add_process(monitor)
-    sim.run()
+    decisions = run(dut, testbench, top=top)
     assert decisions == expected
     assert len(set(expected)) >= 4

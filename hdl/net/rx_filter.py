@@ -43,23 +43,31 @@ sends PROMISC and ALLMULTI off (unless the interface asks) and its address
 lists with MAC_TABLE_SET when the interface opens (virtnet_set_rx_mode), so it
 gets filtering from then on.
 
-MAC tables in LUT RAM, compared a few entries a cycle: each table is split
-into banks, entry ``e`` in bank ``e % banks`` at row ``e // banks``, with
-``banks = ceil(entries / COMPARE_CYCLES)``; the destination is compared with
-one row of every bank a cycle, over ``COMPARE_CYCLES`` cycles (16 entries: 4
-comparators a table instead of 16, and no flip-flops for the entries).
+MAC tables in LUT RAM, compared a few entries a cycle. A destination is
+unicast or multicast (its I/G bit), so only one of the tables can match it:
+the two tables share memories and comparators, and a frame is compared with
+the table of its class only. There are ``banks = ceil(max(uc_entries,
+mc_entries) / COMPARE_CYCLES)`` memories (banks), each with a unicast half
+and a multicast half of ``COMPARE_CYCLES`` rows (rounded up to a power of 2);
+entry ``e`` of a table is row ``e // banks`` of that table's half of bank
+``e % banks``. The destination is compared with one row of every bank a
+cycle, over ``COMPARE_CYCLES`` cycles. With the 16-entry tables: 4 banks of 8
+rows (12 ``TRELLIS_DPR16X4`` each on ECP5) and 4 comparators in all.
 
-Latency: ``decision_valid`` pulses ``FILTER_LATENCY`` cycles after
-``head.valid``, one decision per head. A head with ``eth`` (a frame of at
-least an Ethernet header, so at least ``COMPARE_CYCLES`` beats long) must come
-at least ``COMPARE_CYCLES`` cycles after the previous such head; heads
-without ``eth`` (runts) need no comparison and may come at any cycle.
+Timing: ``decision_valid`` pulses ``FILTER_LATENCY`` cycles after
+``head.valid``, one decision per head. A head with ``eth`` must come at least
+``COMPARE_CYCLES`` cycles after the previous head with ``eth``, as the
+parser's heads do: such a frame has at least an Ethernet header, so at least
+``COMPARE_CYCLES`` dense beats. Heads without ``eth`` (runts) need no
+comparison and may come in any cycle.
 """
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .. import spec
+from ..lib.bytes import BYTES_PER_BEAT
 from .rx_parse import MAC_BITS, VID_BITS, FrameHeadSignature, TableWriteSignature
 
 __all__ = ["FilterReason", "RxFilter", "RxMode", "RX_MODE_RESET", "FILTER_LATENCY", "COMPARE_CYCLES",
@@ -70,7 +78,9 @@ VLAN_IDS = 1 << VID_BITS           # 4096 VIDs, one bit each
 MAC_COUNT_BITS = 32                # virtio_net_ctrl_mac.entries is le32
 BROADCAST_MAC = (1 << MAC_BITS) - 1
 IG_BIT = 0                         # individual/group: bit 0 of the first byte
-COMPARE_CYCLES = 4                 # cycles a MAC table comparison takes
+# cycles a MAC table comparison takes: the fewest dense beats of a frame with
+# an Ethernet header (4), so that two such frames' heads never overlap in it
+COMPARE_CYCLES = -(-spec.ETH_HLEN // BYTES_PER_BEAT)
 # decision_valid, cycles after head.valid: the head registered, the
 # comparison, the decision registered
 FILTER_LATENCY = 1 + COMPARE_CYCLES + 1
@@ -109,7 +119,12 @@ class RxFilter(wiring.Component):
         mac:      In(48), the device's own address (config ``mac`` or
                   CTRL_MAC_ADDR_SET), byte 0 in bits 7:0.
         uc_w:     In(TableWriteSignature), unicast table entry write (addr, 48-bit MAC).
-        mc_w:     In(TableWriteSignature), multicast table entry write.
+        mc_w:     In(TableWriteSignature), multicast table entry write. The two
+                  share the memories' write ports: at most one of them may write
+                  in a cycle (if both do, only the multicast entry is written);
+                  `ControlCommands` writes the unicast entries, then the
+                  multicast ones. Writes to an ``addr`` at or above the table's
+                  size are ignored.
         uc_count: In(32), unicast entries in use; above ``uc_entries``: all unicast.
         mc_count: In(32), multicast entries in use; above ``mc_entries``: all multicast.
         vlan_filter_enable: In(1), VIRTIO_NET_F_CTRL_VLAN negotiated.
@@ -124,14 +139,26 @@ class RxFilter(wiring.Component):
         accept:   Out(1), with decision_valid.
         reason:   Out(FilterReason), with decision_valid; ACCEPTED when accept.
 
-    ``mac`` and the VLAN table are read in the cycle of ``head.valid``, the
-    MAC tables and counts in the ``COMPARE_CYCLES`` cycles after it, ``mode``
-    and ``vlan_filter_enable`` in the cycle before ``decision_valid``: all
-    within ``FILTER_LATENCY`` cycles of the head. The control side changes them
-    between frames (a frame whose decision falls in the change may see a mix),
-    and should wait ``FILTER_LATENCY`` cycles after a change before it reports
-    the command done: every frame whose head comes after that sees the new
-    settings.
+    The inputs a head's decision reads, ``h`` being the cycle of its
+    ``head.valid`` (a write or a change made in a cycle is seen from the next):
+
+    - cycle ``h``: ``head``'s payload, ``mac``, the VLAN table and, for a head
+      with ``eth``, the count of the destination's table (``uc_count`` or
+      ``mc_count``);
+    - cycles ``h + 1`` to ``h + COMPARE_CYCLES`` (heads with ``eth``): that
+      MAC table, a row of every bank a cycle;
+    - cycle ``h + COMPARE_CYCLES + 1``, the last before ``decision_valid``:
+      ``mode`` and ``vlan_filter_enable``.
+
+    Nothing is read before cycle ``h`` nor after ``h + FILTER_LATENCY - 1``. So
+    a change made in cycle ``c`` is seen by every frame whose head comes after
+    ``c``, which is every frame whose ``decision_valid`` comes more than
+    ``FILTER_LATENCY`` cycles after ``c``; a decision in the ``FILTER_LATENCY``
+    cycles after ``c`` may see the old settings or a mix. The control side
+    changes the settings between frames, and should wait ``FILTER_LATENCY``
+    cycles after its last change before it reports the command done (its
+    ``ack``, virtio 1.2 section 5.1.6.5): every decision after the report
+    then sees the new settings.
     """
 
     def __init__(self, *, uc_entries=MAC_TABLE_ENTRIES, mc_entries=MAC_TABLE_ENTRIES):
@@ -161,41 +188,65 @@ class RxFilter(wiring.Component):
         head = self.head.payload
         dst = head.dst_mac
 
-        # --- MAC tables: LUT RAM banks, a row of each compared a cycle ------
-        compare = Signal(range(COMPARE_CYCLES + 1), init=COMPARE_CYCLES)  # the row compared, or idle
+        # --- MAC tables (5.1.6.5.2): both in the same LUT RAM banks ----------
+        banks = -(-max(self.uc_entries, self.mc_entries) // COMPARE_CYCLES)
+        row_bits = (COMPARE_CYCLES - 1).bit_length()     # a row within a table's half
+        # counts up to a table's size fit here
+        count_bits = max(self.uc_entries, self.mc_entries).bit_length()
+
+        # writes: an entry of either table, the multicast one if both write; a
+        # table's half of a bank is picked by the I/G bit of the addresses it
+        # is for (0: unicast, 1: multicast)
+        w_group = self.mc_w.en
+        w_entry = Mux(w_group, self.mc_w.addr, self.uc_w.addr)
+        w_data = Mux(w_group, self.mc_w.data, self.uc_w.data)
+        w_en = Mux(w_group, self.mc_w.addr < self.mc_entries,
+                   self.uc_w.en & (self.uc_w.addr < self.uc_entries))
+        w_row = Signal(row_bits)
+        m.d.comb += w_row.eq(w_entry // banks)
+
+        def usage(count, entries):
+            """(the count's low bits, exact when it is small; the count is
+            above the table's size: its whole class is accepted)."""
+            low = count[:count_bits]
+            return low, count[count_bits:].any() | (low > entries)
+
+        uc_used, uc_every = usage(self.uc_count, self.uc_entries)
+        mc_used, mc_every = usage(self.mc_count, self.mc_entries)
+
+        # the comparison: a row of every bank a cycle, in the table of the
+        # destination's class; `left` counts down the entries in use (at and
+        # above the count they are unused, 5.1.6.5.2) from the row compared
+        compare = Signal(range(COMPARE_CYCLES + 1), init=COMPARE_CYCLES)  # the row; COMPARE_CYCLES: idle
         compare_dst = Signal(MAC_BITS)
-        m.d.sync += compare.eq(Mux(compare == COMPARE_CYCLES, compare, compare + 1))
+        left = Signal(count_bits)
+        every = Signal()
         with m.If(self.head.valid & head.eth):
-            m.d.sync += [compare.eq(0), compare_dst.eq(dst)]
+            group = dst[IG_BIT]
+            m.d.sync += [compare.eq(0), compare_dst.eq(dst),
+                         left.eq(Mux(group, mc_used, uc_used)),
+                         every.eq(Mux(group, mc_every, uc_every))]
+        with m.Elif(compare != COMPARE_CYCLES):
+            m.d.sync += [compare.eq(compare + 1), left.eq(Mux(left > banks, left - banks, 0))]
 
-        def table(name, entries, port, count):
-            """Compare ``compare_dst`` with the table's entries in use, a row of
-            each bank a cycle; returns (a match, registered once the last row
-            is compared; the count is above the table's size)."""
-            banks = -(-entries // COMPARE_CYCLES)
-            low_bits = entries.bit_length()          # counts up to `entries` fit here
-            many = count[low_bits:].any()            # covers every entry
-            hit = Signal(name=f"{name}_hit")
-            row_hits = []
-            for bank in range(banks):
-                ram = Memory(shape=MAC_BITS, depth=COMPARE_CYCLES, init=[])
-                m.submodules[f"{name}_bank{bank}"] = ram
-                write = ram.write_port()
-                read = ram.read_port(domain="comb")
-                m.d.comb += [write.addr.eq(port.addr // banks), write.data.eq(port.data),
-                             write.en.eq(port.en & (port.addr % banks == bank)),
-                             read.addr.eq(compare)]
-                entry = compare * banks + bank           # the entry this bank shows
-                in_use = many | (entry < count[:low_bits])
-                row_hits.append((read.data == compare_dst) & (entry < entries) & in_use)
-            with m.If(compare == 0):
-                m.d.sync += hit.eq(Cat(row_hits).any())
-            with m.Elif(compare != COMPARE_CYCLES):
-                m.d.sync += hit.eq(hit | Cat(row_hits).any())
-            return hit, count > entries
-
-        uc_match, uc_all = table("uc", self.uc_entries, self.uc_w, self.uc_count)
-        mc_match, mc_all = table("mc", self.mc_entries, self.mc_w, self.mc_count)
+        row_hits = []
+        for bank in range(banks):
+            ram = Memory(shape=MAC_BITS, depth=2 << row_bits, init=[])
+            m.submodules[f"mac_bank{bank}"] = ram
+            write = ram.write_port()
+            read = ram.read_port(domain="comb")
+            m.d.comb += [write.addr.eq(Cat(w_row, w_group)), write.data.eq(w_data),
+                         write.en.eq(w_en & (w_entry % banks == bank)),
+                         read.addr.eq(Cat(compare[:row_bits], compare_dst[IG_BIT]))]
+            # (an entry at or above the table's size is only ever in use
+            # while `every` accepts anyway)
+            row_hits.append((read.data == compare_dst) & (left > bank))
+        # the table accepts the destination: a match, or an overflowing count
+        match = Signal()
+        with m.If(compare == 0):
+            m.d.sync += match.eq(Cat(row_hits).any() | every)
+        with m.Elif(compare != COMPARE_CYCLES):
+            m.d.sync += match.eq(match | Cat(row_hits).any())
 
         # --- VLAN table: one bit per VID in block RAM ------------------------
         m.submodules.vlan_table = vlan_table = Memory(shape=1, depth=VLAN_IDS, init=[])
@@ -264,11 +315,11 @@ class RxFilter(wiring.Component):
                 m.d.comb += reason.eq(FilterReason.BROADCAST_REJECTED)
         with m.Elif(d_group):
             m.d.comb += reason.eq(FilterReason.MULTICAST_REJECTED)
-            with m.If(~mode.nomulti & (mode.allmulti | mc_all | mc_match)):
+            with m.If(~mode.nomulti & (mode.allmulti | match)):
                 m.d.comb += reason.eq(FilterReason.ACCEPTED)
         with m.Else():
             m.d.comb += reason.eq(FilterReason.NOT_FOR_US)
-            with m.If(~mode.nouni & (mode.alluni | uc_all | d_own | uc_match)):
+            with m.If(~mode.nouni & (mode.alluni | d_own | match)):
                 m.d.comb += reason.eq(FilterReason.ACCEPTED)
 
         m.d.sync += self.decision_valid.eq(d_valid)
