@@ -6,6 +6,7 @@ import pytest
 
 from hdl import spec
 from hdl.net.ctrl import ControlCommands
+from hdl.net.rx_filter import FILTER_LATENCY
 from hdl.virtio.virtqueues import CTRL_MAX_COMMAND
 from tests.amaranth_sim import simulate
 
@@ -35,6 +36,7 @@ class Observed:
         self.acks = []
         self.uc, self.mc, self.vlan, self.steer = {}, {}, {}, {}
         self.announces = 0
+        self.settled = []    # per answer: cycles since the filter's settings last changed
 
 
 def run(commands, *, features=ALL, bad=()):
@@ -70,13 +72,28 @@ def run(commands, *, features=ALL, bad=()):
 
     ports = {"uc": dut.uc_w, "mc": dut.mc_w, "vlan": dut.vlan_w, "steer": dut.steer_w}
 
+    # what RxFilter reads: a change to any of them must be FILTER_LATENCY
+    # cycles old before the answer
+    settings = [dut.mode.as_value(), dut.mac, dut.uc_count, dut.mc_count]
+    filter_writes = [dut.uc_w.en, dut.mc_w.en, dut.vlan_w.en]
+
     async def monitor(ctx):
         signals = [dut.ack.valid, dut.ack.payload, dut.announce_ack]
         for port in ports.values():
             signals += [port.en, port.addr, port.data]
-        async for _, _, ack_v, ack, ann, *writes in ctx.tick().sample(*signals):
+        cycle, last, changed = 0, None, None   # `changed`: the cycle of the last change made
+        async for _, _, *values in ctx.tick().sample(*signals, *settings, *filter_writes):
+            ack_v, ack, ann, *writes = values[:len(signals)]
+            now = values[len(signals):len(signals) + len(settings)]
+            if last is not None and now != last:
+                changed = cycle - 1            # a register's new value was set the cycle before
+            if any(values[len(signals) + len(settings):]):
+                changed = cycle                # a table write, seen from the next cycle
             if ack_v:
                 seen.acks.append(ack)
+                seen.settled.append(None if changed is None else cycle - changed)
+            last = now
+            cycle += 1
             seen.announces += ann
             for n, name in enumerate(ports):
                 en, addr, data = writes[3 * n:3 * n + 3]
@@ -128,6 +145,22 @@ def test_mac_table_set_writes_both_tables():
     assert final["uc_count"] == 3 and final["mc_count"] == 5   # above the size: all multicast
     assert seen.uc == {n: mac_int(a) for n, a in enumerate(uc)}
     assert seen.mc == {n: mac_int(a) for n, a in enumerate(mc[:MC])}
+
+
+def test_answers_wait_until_the_filter_sees_the_change():
+    """Each answer comes at least FILTER_LATENCY cycles after the last change
+    to what RxFilter reads, so every frame decided after it sees the command."""
+    uc = [bytes([2, 0, 0, 0, 0, n]) for n in range(2)]
+    mc = [bytes([1, 0, 0x5e, 0, 0, 1])]
+    commands = [cmd(C.RX, RX.PROMISC, b"\x00"), cmd(C.RX, RX.ALLMULTI, b"\x01"),
+                cmd(C.MAC, MAC.TABLE_SET, table_set(uc, mc)),
+                cmd(C.MAC, MAC.ADDR_SET, bytes.fromhex("0a1b2c3d4e5f")),
+                cmd(C.VLAN, VLAN.ADD, struct.pack("<H", 7)),
+                cmd(C.MAC, MAC.TABLE_SET, table_set([], uc))]
+    seen, _ = run(commands)
+    assert seen.acks == [OK] * len(commands)
+    assert all(gap is not None for gap in seen.settled), seen.settled
+    assert min(seen.settled) >= FILTER_LATENCY, seen.settled
 
 
 def test_vlan_add_and_del():

@@ -30,6 +30,12 @@ Plain multiqueue (VIRTIO_NET_F_MQ without RSS) steers by a flow hash through
 `RxQueueSelect`'s indirection table: after a reset and after every
 VQ_PAIRS_SET this block writes it round robin over the active pairs
 (entry i -> i mod pairs), ``steer_ready`` low while it does.
+
+The answer waits ``FILTER_LATENCY`` cycles after the last change to the
+filter's settings (``mode``, ``mac``, the tables and their counts, the VLAN
+table): `RxFilter` may still be deciding a frame on the old settings that
+long, and every frame decided after the driver sees the answer must see the
+new ones (section 5.1.6.5).
 """
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
@@ -40,7 +46,7 @@ from .. import spec
 from ..lib.bytes import BYTES_PER_BEAT, ByteStreamSignature
 from ..virtio.virtqueues import CTRL_MAX_COMMAND
 from .rss import INDIRECTION_TABLE_MAX
-from .rx_filter import MAC_COUNT_BITS, MAC_TABLE_ENTRIES, RX_MODE_RESET, RxMode
+from .rx_filter import FILTER_LATENCY, MAC_COUNT_BITS, MAC_TABLE_ENTRIES, RX_MODE_RESET, RxMode
 from .rx_parse import MAC_BITS, VID_BITS, TableWriteSignature
 
 __all__ = ["ControlCommands"]
@@ -136,6 +142,10 @@ class ControlCommands(wiring.Component):
         fill_queue = Signal(16)
         data_len = Signal(_LEN_BITS)
         m.d.comb += data_len.eq(length - _DATA)
+        # cycles the answer still waits: every state but ANSWER may change a
+        # setting (in its last cycle at the latest), so the count starts again
+        # in each; valid from FILTER_LATENCY cycles after that last cycle
+        settle = Signal(range(FILTER_LATENCY), init=FILTER_LATENCY - 1)
 
         def needs(feature):
             return (self.features & feature) != 0
@@ -157,7 +167,7 @@ class ControlCommands(wiring.Component):
         def field(nbytes):
             return value >> (8 * (_MAC_BYTES - nbytes))
 
-        with m.FSM(name="ctrl"):
+        with m.FSM(name="ctrl") as fsm:
             with m.State("FILL"):
                 # the steering table: entry i -> i mod pairs
                 m.d.comb += [self.steer_w.en.eq(1), self.steer_w.addr.eq(fill),
@@ -321,11 +331,15 @@ class ControlCommands(wiring.Component):
                     m.next = "ANSWER"
 
             with m.State("ANSWER"):
-                m.d.comb += [self.ack.valid.eq(1), self.ack.payload.eq(answer)]
-                with m.If(self.ack.ready):
+                with m.If(settle != 0):
+                    m.d.sync += settle.eq(settle - 1)
+                m.d.comb += [self.ack.valid.eq(settle == 0), self.ack.payload.eq(answer)]
+                with m.If(self.ack.valid & self.ack.ready):
                     m.d.sync += [length.eq(0), too_long.eq(0)]
                     with m.If(fill == 0):
                         m.next = "FILL"              # pairs changed: steer anew first
                     with m.Else():
                         m.next = "RECEIVE"
+        with m.If(~fsm.ongoing("ANSWER")):
+            m.d.sync += settle.eq(FILTER_LATENCY - 1)
         return m
