@@ -72,6 +72,8 @@ _DESC_BLOCK_BITS = 3       # blocks are aligned to DESC_BLOCK entries
 DESC_BLOCK = 1 << _DESC_BLOCK_BITS   # descriptors fetched per read (the descriptor cache)
 _IDX_BITS = 16             # virtqueue indexes are 16-bit and wrap (section 2.7)
 _IDX_MASK = (1 << _IDX_BITS) - 1
+# an offset into a ring: up to a 65536-entry descriptor table (16 bytes each)
+_ADDR_OFFSET_BITS = _IDX_BITS + 4 + 1
 _DESC_DWORDS = spec.VIRTQ_DESC_SIZE // 4
 _HDR_DWORDS = spec.VIRTIO_NET_HDR_SIZE // 4
 _IDX_BYTES = 2             # a le16 ring index (used idx)
@@ -354,6 +356,23 @@ class RingEngine(wiring.Component):
             """Offer a DMA request of `length` bytes at `addr` (held until taken)."""
             return [port.valid.eq(1), port.payload.addr.eq(addr), port.payload.length.eq(length)]
 
+        # --- addresses: one adder for the engine ----------------------------
+        # Every ring address is a ring's base plus an offset below 2**20
+        # (section 2.7: at most 65536 descriptors of 16 bytes, used elements
+        # of 8), and a buffer's segment is a descriptor's address plus a few
+        # header bytes. Only one state at a time needs such a sum, so the
+        # states share one 64-bit adder (its operands chosen by the state)
+        # instead of an adder each.
+        addr_base = Signal(64)
+        addr_offset = Signal(_ADDR_OFFSET_BITS)
+        addr_sum = Signal(64)
+        m.d.comb += addr_sum.eq(addr_base + addr_offset)
+
+        def address(base, offset):
+            """`base + offset` from the shared adder, in the current state."""
+            m.d.comb += [addr_base.eq(base), addr_offset.eq(offset)]
+            return addr_sum
+
         # --- scheduler ------------------------------------------------------
         def has_work(index):
             return (avail_seen[index] != last_avail[index]) | (
@@ -492,7 +511,7 @@ class RingEngine(wiring.Component):
 
             # Step 1: flags and idx of the avail ring (section 2.7.6).
             with m.State("READ_AVAIL_IDX"):
-                m.d.comb += request(rd_req, cfg.driver, spec.VIRTQ_RING_HEADER_SIZE)
+                m.d.comb += request(rd_req, address(cfg.driver, 0), spec.VIRTQ_RING_HEADER_SIZE)
                 with m.If(rd_req.ready):
                     # descriptors read from now on are at least as new as
                     # every chain this read can make available
@@ -535,7 +554,7 @@ class RingEngine(wiring.Component):
             # Section 2.7.10: ask for a notification once the driver makes
             # entry `next_avail` available, then look again (it may already be).
             with m.State("WRITE_AVAIL_EVENT"):
-                avail_event = cfg.device + (spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 3))
+                avail_event = address(cfg.device, spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 3))
                 m.d.comb += request(wr_req, avail_event, spec.VIRTQ_EVENT_SIZE)
                 with m.If(wr_req.ready):
                     m.next = "AVAIL_EVENT_DATA"
@@ -557,8 +576,8 @@ class RingEngine(wiring.Component):
                 capped = Mux(pending_entries < BATCH, pending_entries, BATCH)
                 m.d.sync += [
                     fetch.eq(Mux(to_wrap < capped, to_wrap, capped)),
-                    entries_addr.eq(cfg.driver + (spec.VIRTQ_RING_HEADER_SIZE
-                                                  + ((next_avail & size_mask) << 1))),
+                    entries_addr.eq(address(cfg.driver, spec.VIRTQ_RING_HEADER_SIZE
+                                                        + ((next_avail & size_mask) << 1))),
                 ]
                 m.next = "READ_AVAIL_RING"
             with m.State("READ_AVAIL_RING"):
@@ -603,7 +622,7 @@ class RingEngine(wiring.Component):
                 left = table_size - first
                 count = Signal(range(DESC_BLOCK + 1))
                 m.d.comb += count.eq(Mux(left < DESC_BLOCK, left, DESC_BLOCK))
-                m.d.comb += request(rd_req, table + (first << 4), count << 4)
+                m.d.comb += request(rd_req, address(table, first << 4), count << 4)
                 with m.If(rd_req.ready):
                     m.d.sync += [dw.eq(0), dc_valid.eq(0), dc_first.eq(first),
                                  dc_count.eq(count), dc_table.eq(in_table)]
@@ -679,7 +698,7 @@ class RingEngine(wiring.Component):
             # elements go past the used idx, published with the frame's last.
             with m.State("WRITE_USED_ELEM"):
                 pos = cur_used + frame_bufs
-                elem = cfg.device + (spec.VIRTQ_RING_HEADER_SIZE + ((pos & size_mask) << 3))
+                elem = address(cfg.device, spec.VIRTQ_RING_HEADER_SIZE + ((pos & size_mask) << 3))
                 m.d.comb += request(wr_req, elem, spec.VIRTQ_USED_ELEM_SIZE)
                 with m.If(wr_req.ready):
                     m.d.sync += dw.eq(0)
@@ -723,7 +742,7 @@ class RingEngine(wiring.Component):
                 with m.Else():
                     m.next = "WRITE_USED_IDX"
             with m.State("WRITE_USED_IDX"):
-                m.d.comb += request(wr_req, cfg.device + spec.VIRTQ_IDX_OFFSET, _IDX_BYTES)
+                m.d.comb += request(wr_req, address(cfg.device, spec.VIRTQ_IDX_OFFSET), _IDX_BYTES)
                 with m.If(wr_req.ready):
                     m.next = "USED_IDX_DATA"
             with m.State("USED_IDX_DATA"):
@@ -748,7 +767,7 @@ class RingEngine(wiring.Component):
             # Section 2.7.10: used_event, read after the used idx write (a
             # read does not pass a posted write).
             with m.State("READ_USED_EVENT"):
-                used_event_addr = cfg.driver + (spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 1))
+                used_event_addr = address(cfg.driver, spec.VIRTQ_RING_HEADER_SIZE + (cfg.size << 1))
                 m.d.comb += request(rd_req, used_event_addr, spec.VIRTQ_EVENT_SIZE)
                 with m.If(rd_req.ready):
                     m.next = "GET_USED_EVENT"
@@ -857,14 +876,14 @@ class RingEngine(wiring.Component):
         d_len, d_addr, hdr_left = v["d_len"], v["d_addr"], v["hdr_left"]
         tx_data_len, tx_read_len, tx_drop = v["tx_data_len"], v["tx_read_len"], v["tx_drop"]
         frame_bytes, seg_addr, has_next = v["frame_bytes"], v["seg_addr"], v["has_next"]
-        fail = v["fail"]
+        fail, address = v["fail"], v["address"]
 
         with m.State("TX_PLAN"):
             skip = Signal(32)
             m.d.comb += skip.eq(Mux(d_len < hdr_left, d_len, hdr_left))
             data_len = Signal(33)
             m.d.comb += data_len.eq(d_len - skip)
-            m.d.sync += [hdr_left.eq(hdr_left - skip), seg_addr.eq(d_addr + skip),
+            m.d.sync += [hdr_left.eq(hdr_left - skip), seg_addr.eq(address(d_addr, skip)),
                          tx_data_len.eq(data_len)]
             m.next = "TX_CHECK"
         with m.State("TX_CHECK"):
@@ -934,13 +953,14 @@ class RingEngine(wiring.Component):
         taken, cached, cache_valid = v["taken"], v["cached"], v["cache_valid"]
         cur_seen, next_avail, starved, slot = v["cur_seen"], v["next_avail"], v["starved"], v["slot"]
         starve, rewind_drop, nothing_done = v["starve"], v["rewind_drop"], v["nothing_done"]
+        address = v["address"]
 
         with m.State("RX_PLAN"):
             first = (chain_len == 1) & (frame_bufs == 0)
             m.d.sync += [
                 rx_first.eq(first),
                 rx_room.eq(Mux(first, d_len - spec.VIRTIO_NET_HDR_SIZE, d_len)),
-                seg_addr.eq(Mux(first, d_addr + spec.VIRTIO_NET_HDR_SIZE, d_addr)),
+                seg_addr.eq(address(d_addr, Mux(first, spec.VIRTIO_NET_HDR_SIZE, 0))),
                 rx_left.eq(rx_len - rx_pos),
             ]
             with m.If(first):
@@ -1041,7 +1061,7 @@ class RingEngine(wiring.Component):
             with m.Else():
                 m.next = "WRITE_USED_IDX"
         with m.State("WRITE_NUM_BUFFERS"):
-            m.d.comb += request(wr_req, first_addr + spec.VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET,
+            m.d.comb += request(wr_req, address(first_addr, spec.VIRTIO_NET_HDR_NUM_BUFFERS_OFFSET),
                                 _NUM_BUFFERS_BYTES)
             with m.If(wr_req.ready):
                 m.next = "NUM_BUFFERS_DATA"
