@@ -57,7 +57,7 @@ DEFAULT_MAC = bytes.fromhex("02005e100001")      # locally administered
 MAX_QUEUE_PAIRS = 127                             # 255 MSI-X vectors: 4080 bytes of table
 MAX_MTU = 9216                                    # jumbo frames; the frame buffers grow with it
 # TX arbiter inputs: completions to the host's requests, MSI-X messages, the
-# two DMA readers' MRd (TX engine's; RX and control engines'), the DMA writer's MWr
+# two DMA readers' MRd (the TX engine's, the RX engine's), the DMA writer's MWr
 _ARBITER_INPUTS = ("completions", "msix", "reads_tx", "reads", "writes")
 # read requests go first at a TLP boundary (TxArbiter): their data is a round
 # trip away, and one waiting behind the RX engine's writes slows the TX engine

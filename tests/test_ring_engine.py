@@ -42,7 +42,10 @@ class Bench:
         self.rng = random.Random(seed)
         self.mem = HostMemory()
         self.num_queues = 2 * pairs + 1
-        self.rings = {q: SplitRing(self.mem, size, start_idx) for q in range(2 * pairs)}
+        self.rings = {q: SplitRing(self.mem, size, start_idx) for q in range(self.num_queues)}
+        self.ctrlq = self.num_queues - 1
+        self.commands = []         # (bytes, cmd_bad) of each command on ``cmd``
+        self.answer = lambda command: spec.VIRTIO_NET_OK   # the executor's answer
         self.dut = Virtqueues(num_queues=self.num_queues, max_tx_frame=MAX_FRAME,
                               initial_idx=start_idx)
         self.top = self._with_settings(self.dut)
@@ -50,7 +53,7 @@ class Bench:
         self.p_stall = p_stall
         self.tx_ready = tx_ready
         self.tx_frames = []        # (bytes, aborted)
-        self.tx_empty = 0
+        self.tx_sent = self.tx_empty = 0     # tx_sent, tx_empty pulses
         self.rx_frames = []        # frames waiting on the wire side
         self.rx_delivered = self.rx_too_big = 0
         self.notifies = {q: 0 for q in range(self.num_queues)}
@@ -109,6 +112,30 @@ class Bench:
         ring.post(first)
         return first, buffers
 
+    def post_ctrl(self, command, *, pieces=1, acks=1, out_after=False):
+        """Post a controlq chain: `command` in `pieces` read-only buffers, then
+        `acks` one-byte writable buffers (and, with `out_after`, one more
+        read-only buffer after them: malformed). Returns (head, ack buffers)."""
+        ring = self.rings[self.ctrlq]
+        cuts = sorted(self.rng.sample(range(1, len(command)), pieces - 1)) if pieces > 1 else []
+        bounds = [0] + cuts + [len(command)]
+        parts = [(command[a:b], 0) for a, b in zip(bounds, bounds[1:])]
+        parts += [(bytes(1), F.WRITE)] * acks + ([(b"\xee", 0)] if out_after else [])
+        first = ring.next_desc
+        acks_at = []
+        for n, (data, flags) in enumerate(parts):
+            addr = self.mem.alloc(len(data), 1)
+            self.mem.write(addr, data)
+            if flags & F.WRITE:
+                self.mem.writable.append((addr, addr + len(data)))
+                acks_at.append(addr)
+            index = (first + n) % ring.size
+            last = n == len(parts) - 1
+            ring.set_desc(index, addr, len(data), flags | (0 if last else F.NEXT), (index + 1) % ring.size)
+        ring.next_desc = (first + len(parts)) % ring.size
+        ring.post(first)
+        return first, acks_at
+
     def kick(self, queue):
         self.doorbells.append(queue)
 
@@ -144,6 +171,31 @@ class Bench:
                     current = bytearray()
                     done_in = 2
 
+    async def _executor(self, ctx):
+        """The command executor: takes a command's bytes, answers after a while."""
+        dut = self.dut
+        current = bytearray()
+        while True:
+            ctx.set(dut.cmd.ready, self.rng.random() < 0.8)
+            _, _, valid, ready, payload, bad = await ctx.tick().sample(
+                dut.cmd.valid, dut.cmd.ready, dut.cmd.payload, dut.cmd_bad)
+            if valid and ready:
+                for lane in range(4):
+                    if payload.keep >> lane & 1:
+                        current.append(payload.data >> (8 * lane) & 0xFF)
+                if payload.last:
+                    command = bytes(current)
+                    current = bytearray()
+                    self.commands.append((command, bool(bad)))
+                    ctx.set(dut.cmd.ready, 0)
+                    for _ in range(self.rng.randint(1, 40)):
+                        await ctx.tick()
+                    answer = spec.VIRTIO_NET_ERR if bad else self.answer(command)
+                    ctx.set(dut.ack.payload, answer)
+                    ctx.set(dut.ack.valid, 1)
+                    await ctx.tick().until(dut.ack.ready)
+                    ctx.set(dut.ack.valid, 0)
+
     async def _rx_source(self, ctx):
         dut = self.dut
         seg = None
@@ -174,8 +226,9 @@ class Bench:
             self.needs_reset += needs_reset
 
     async def _counters(self, ctx):
-        async for _, _, empty, delivered, too_big in ctx.tick().sample(
-                self.dut.tx_empty, self.dut.rx_delivered, self.dut.rx_too_big):
+        async for _, _, sent, empty, delivered, too_big in ctx.tick().sample(
+                self.dut.tx_sent, self.dut.tx_empty, self.dut.rx_delivered, self.dut.rx_too_big):
+            self.tx_sent += sent
             self.tx_empty += empty
             self.rx_delivered += delivered
             self.rx_too_big += too_big
@@ -220,6 +273,7 @@ class Bench:
         sim.add_testbench(dma_write, background=True)
         sim.add_testbench(self._doorbell, background=True)
         sim.add_testbench(self._tx_sink, background=True)
+        sim.add_testbench(self._executor, background=True)
         sim.add_testbench(self._rx_source, background=True)
         sim.add_testbench(self._monitor, background=True)
         sim.add_testbench(self._counters, background=True)
@@ -260,6 +314,43 @@ def test_tx_frames_reach_the_wire_and_come_back_used(pieces):
     sent = frames[:len(bench.tx_frames)]
     assert [f for f, _ in bench.tx_frames] == sent
     assert not any(a for _, a in bench.tx_frames)
+    assert bench.needs_reset == 0
+
+
+def test_control_commands_take_turns_with_transmitqs_on_the_tx_engine():
+    """The TX engine serves the controlq too: commands interleaved with TX
+    frames reach ``cmd`` whole and in order, each answer lands in its chain's
+    writable buffer (used length 1), and no command byte reaches the wire; a
+    malformed chain (read-only after writable) is flagged ``cmd_bad`` and
+    answered ERR; a chain with no writable buffer comes back with length 0."""
+    bench = Bench(size=32, seed=7)      # room for every chain's descriptors
+    frames = [random_frame(bench.rng, n) for n in (60, 1514, 64, 300, 61, 99)]
+    commands = [bytes([n, n + 1]) + bench.rng.randbytes(n * 7) for n in range(6)]
+    bench.answer = lambda command: spec.VIRTIO_NET_OK if command[0] % 2 == 0 else spec.VIRTIO_NET_ERR
+
+    async def scenario(ctx, b):
+        posted = []
+        for n, (frame, command) in enumerate(zip(frames[:4], commands[:4])):
+            b.post_tx(frame, pieces=1 + n % 2)
+            posted.append(b.post_ctrl(command, pieces=1 + n % 3))
+        bad_head, bad_acks = b.post_ctrl(commands[4], out_after=True)
+        no_ack_head, _ = b.post_ctrl(commands[5], acks=0)
+        b.kick(TXQ)
+        b.kick(b.ctrlq)
+        ctrl = b.rings[b.ctrlq]
+        await wait_for(ctx, lambda: len(b.tx_frames) == 4 and ctrl.used_idx() == 6, limit=100_000)
+        used = ctrl.take_used()
+        assert [u[0] for u in used] == [head for head, _ in posted] + [bad_head, no_ack_head]
+        assert [u[1] for u in used] == [1] * 5 + [0]
+        for (head, acks), command in zip(posted, commands):
+            assert b.mem.read(acks[0], 1)[0] == b.answer(command)
+        assert b.mem.read(bad_acks[0], 1)[0] == spec.VIRTIO_NET_ERR
+
+    bench.run(scenario)
+    assert [f for f, _ in bench.tx_frames] == frames[:4]
+    assert bench.commands[:4] == [(c, False) for c in commands[:4]]
+    assert bench.commands[4] == (commands[4], True)
+    assert bench.tx_sent == 4              # transmitq chains only
     assert bench.needs_reset == 0
 
 

@@ -25,7 +25,7 @@ the driver has yet to set DRIVER_OK again).
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from .. import spec
 from ..pcie.register_bus import RegisterBusSignature

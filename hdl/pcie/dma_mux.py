@@ -1,29 +1,20 @@
-"""Several DMA clients sharing one DMA reader and one DMA writer.
+"""Several DMA clients sharing one DMA writer.
 
-Both multiplexers pass a client's requests through unchanged (see `dma.py`
-for the client contract) and take turns round robin among the clients
-with a request waiting.
-
-- `DmaReadMux`: the reader returns data in request order, so the mux notes
-  which client asked, in a FIFO, and routes each read's DWs (up to the one
-  flagged ``last``) back to the client at the FIFO's head. Requests wait
-  while the FIFO is full.
-- `DmaWriteMux`: a write is a request plus its DWs; the mux grants a client
-  and keeps the grant until that write's ``last`` DW has passed, so writes
-  never interleave. ``busy`` is shared: a client waiting for its own writes
+`DmaWriteMux` passes a client's requests through unchanged (see `dma.py`
+for the client contract) and takes turns round robin among the clients
+with a request waiting. A write is a request plus its DWs; the mux grants a
+client and keeps the grant until that write's ``last`` DW has passed, so
+writes never interleave. ``busy`` is shared: a client waiting for its own writes
   to leave also waits for writes another client queued before them, which
   only errs on the safe side.
 """
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .dma import DmaReadSignature, DmaWriteSignature
+from .dma import DmaWriteSignature
 
-__all__ = ["DmaReadMux", "DmaWriteMux"]
-
-READS_IN_FLIGHT = 16       # client reads accepted and not yet fully returned
+__all__ = ["DmaWriteMux"]
 
 
 def _round_robin(m, requests, last, name):
@@ -39,53 +30,6 @@ def _round_robin(m, requests, last, name):
             with m.If((last == start) & requests[candidate]):
                 m.d.comb += pick.eq(candidate)
     return pick, any_
-
-
-class DmaReadMux(wiring.Component):
-    """Ports:
-        clients: In(DmaReadSignature()).array(n), one per client (requests in, data out).
-        out:     Out(DmaReadSignature()), to the DMA reader.
-    """
-
-    def __init__(self, n):
-        self.n = n
-        super().__init__({
-            "clients": In(DmaReadSignature()).array(n),
-            "out": Out(DmaReadSignature()),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        n = self.n
-        m.submodules.owners = owners = SyncFIFOBuffered(width=max(1, (n - 1).bit_length()),
-                                                        depth=READS_IN_FLIGHT)
-        waiting = Signal(n)
-        m.d.comb += waiting.eq(Cat(client.req.valid for client in self.clients))
-        last = Signal(range(n))
-        pick, any_ = _round_robin(m, waiting, last, "rd")
-
-        for index, client in enumerate(self.clients):
-            with m.If(pick == index):
-                m.d.comb += [
-                    self.out.req.valid.eq(client.req.valid & owners.w_rdy),
-                    self.out.req.payload.eq(client.req.payload),
-                    client.req.ready.eq(self.out.req.ready & owners.w_rdy),
-                ]
-        m.d.comb += [owners.w_data.eq(pick),
-                     owners.w_en.eq(self.out.req.valid & self.out.req.ready)]
-        with m.If(self.out.req.valid & self.out.req.ready):
-            m.d.sync += last.eq(pick)
-
-        # data back to the oldest read's client
-        for index, client in enumerate(self.clients):
-            here = owners.r_rdy & (owners.r_data == index)
-            m.d.comb += [client.data.valid.eq(self.out.data.valid & here),
-                         client.data.payload.eq(self.out.data.payload)]
-            with m.If(here):
-                m.d.comb += self.out.data.ready.eq(client.data.ready)
-        m.d.comb += owners.r_en.eq(self.out.data.valid & self.out.data.ready
-                                   & self.out.data.payload.last)
-        return m
 
 
 class DmaWriteMux(wiring.Component):

@@ -1,9 +1,10 @@
 """A split-virtqueue ring engine (virtio 1.2 section 2.7), with the
 virtio-net transmit or receive steps (section 5.1.6) it drives.
 
-An engine has a role: a TX engine serves every transmitq, an RX engine
-every receiveq (`Virtqueues` runs one of each side by side, sharing the DMA
-requester). It serves one descriptor chain at a time. For a queue it visits:
+An engine has a role: a TX engine serves every transmitq and the controlq
+(the queues whose buffers the device reads), an RX engine every receiveq
+(`Virtqueues` runs one of each side by side, sharing the DMA requester). It
+serves one descriptor chain at a time. For a queue it visits:
 
 1. reads the avail ring's flags and idx (one 4-byte read);
 2. reads up to ``BATCH`` avail ring entries at once into a head cache;
@@ -22,7 +23,9 @@ requester). It serves one descriptor chain at a time. For a queue it visits:
    it would hold up the RX engine's reads); RX writes the header and the
    RX frame buffer's head frame across the chain's buffers, the header and
    the first bytes in one write. With VIRTIO_NET_F_MRG_RXBUF a frame runs on
-   into the next heads' chains (section 5.1.6.4);
+   into the next heads' chains (section 5.1.6.4); a controlq chain's
+   read-only buffers go to the command executor, which answers into its
+   first device-writable one (section 5.1.6.5);
 5. writes the used element, and after the batch the used idx;
 6. raises the queue's interrupt unless VIRTQ_AVAIL_F_NO_INTERRUPT is set
    (with VIRTIO_F_EVENT_IDX: when used_event says so), once its writes have
@@ -96,17 +99,16 @@ def _read_into(rd, out, length, last):
 
 class Role(enum.Enum):
     """Which queues an engine serves (section 5.1.2: 2n receiveq, 2n+1
-    transmitq, the last the controlq)."""
+    transmitq, the last the controlq): TX the transmitqs and the controlq
+    (its last slot), RX the receiveqs."""
     TX = "tx"
     RX = "rx"
-    CTRL = "ctrl"
 
     def queues(self, num_queues):
         """The virtqueue indexes served."""
-        if self is Role.CTRL:
-            return [num_queues - 1]
         parity = 1 if self is Role.TX else 0
-        return [q for q in range(num_queues - 1) if q % 2 == parity]
+        data = [q for q in range(num_queues - 1) if q % 2 == parity]
+        return data + [num_queues - 1] if self is Role.TX else data
 
 
 class RingError(enum.IntEnum):
@@ -136,7 +138,7 @@ class RingEngine(wiring.Component):
         dma_rd:      Out(DmaReadSignature()), reads of rings and TX buffers.
         dma_wr:      Out(DmaWriteSignature()), writes of used rings and RX buffers.
         queue:       Out(8), the queue the pulses below refer to.
-    TX role:
+    TX role, the transmitqs:
         tx:          Out(ByteStreamSignature), TX frames, bytes at any lane
                      (to a BytePacker, then the TX PacketFifo).
         tx_abort:    Out(1), the frame on ``tx`` is to be dropped (held until
@@ -154,8 +156,8 @@ class RingEngine(wiring.Component):
         rx_seg:      In(ByteStreamSignature), those bytes, packed (a BytePacker).
         rx_pop:      Out(1), pulse: the head frame is delivered (or dropped).
         rx_delivered, rx_too_big: Out(1), pulses: how the head frame went.
-    CTRL role (section 5.1.6.5: class, command, data in read-only buffers,
-    then the ack byte in a device-writable one):
+    TX role, the controlq (section 5.1.6.5: class, command, data in
+    read-only buffers, then the ack byte in a device-writable one):
         cmd:         Out(ByteStreamSignature), the command's bytes (class,
                      command, data) at any lane, ended by an empty beat with
                      ``last`` (to a BytePacker, then the command executor).
@@ -164,15 +166,21 @@ class RingEngine(wiring.Component):
                      longer than a command can be): answer ERR.
         ack:         In(stream.Signature(8)), the executor's answer
                      (VIRTIO_NET_OK or VIRTIO_NET_ERR) once it has acted.
+
+    Parameters:
+        max_tx_frame: TX role, the longest frame (bytes after the header).
+        max_command:  TX role, the longest command (class, command, data).
     """
 
-    def __init__(self, *, role, num_queues, max_tx_frame=0, initial_idx=0):
+    def __init__(self, *, role, num_queues, max_tx_frame=0, max_command=0, initial_idx=0):
+        if num_queues < 3:
+            raise ValueError(f"{num_queues} virtqueues: a device has at least a receiveq, "
+                             "a transmitq and the controlq")
         self.role = Role(role)
         self.num_queues = num_queues
         self.served = self.role.queues(num_queues)
-        if not self.served:
-            raise ValueError(f"{num_queues} virtqueues leave no {self.role.value} queue")
         self.max_tx_frame = max_tx_frame
+        self.max_command = max_command
         self.initial_idx = initial_idx
         ports = {
             "queue_enable": In(num_queues),
@@ -197,9 +205,6 @@ class RingEngine(wiring.Component):
                 "tx_sent": Out(1),
                 "tx_empty": Out(1),
                 "tx_long": Out(1),
-            })
-        elif self.role is Role.CTRL:
-            ports.update({
                 "cmd": Out(ByteStreamSignature),
                 "cmd_bad": Out(1),
                 "ack": In(stream.Signature(8)),
@@ -221,7 +226,6 @@ class RingEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         is_rx = self.role is Role.RX
-        is_ctrl = self.role is Role.CTRL
         served = self.served
         slots = len(served)
 
@@ -418,32 +422,32 @@ class RingEngine(wiring.Component):
 
         # TX gather (and control commands, gathered the same way)
         if not is_rx:
+            ctrl_slot = slots - 1            # the controlq's (Role.queues)
+            on_ctrl = Signal()               # the visit is the controlq's
             hdr_left = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))
             frame_bytes = Signal(17)
             tx_drop = Signal()
             tx_read_len = Signal(16)
             tx_data_len = Signal(33)         # this buffer's frame bytes, before the length check
             seg_addr = Signal(64)
-            if self.role is Role.TX:
-                # read-ahead: the next chain's buffer read, issued while this
-                # chain's data still arrives (see after the FSM)
-                pf_stage = Signal(range(4))  # 0: idle, 1: descriptor, 2: request, 3: 2nd descriptor
-                pf_valid = Signal()          # issued: its data follows this chain's
-                pf_head = Signal(_IDX_BITS)
-                pf_addr = Signal(64)
-                pf_len = Signal(16)
-                pf_d_addr = Signal(64)
-                pf_d_len = Signal(32)
-                pf_d_flags = Signal(16)
-                pf_skip = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))   # header bytes in the buffer
-            if is_ctrl:
-                ack_addr = Signal(64)        # the first writable buffer: the ack goes there
-                have_ack = Signal()
-                cmd_bad = Signal()
-                ack_value = Signal(8)
-                m.d.comb += self.cmd_bad.eq(cmd_bad)   # held until the answer
-            else:
-                m.d.comb += self.tx_abort.eq(tx_drop)
+            # read-ahead: the next chain's buffer read, issued while this
+            # chain's data still arrives (see after the FSM)
+            pf_stage = Signal(range(4))      # 0: idle, 1: descriptor, 2: request, 3: 2nd descriptor
+            pf_valid = Signal()              # issued: its data follows this chain's
+            pf_head = Signal(_IDX_BITS)
+            pf_addr = Signal(64)
+            pf_len = Signal(16)
+            pf_d_addr = Signal(64)
+            pf_d_len = Signal(32)
+            pf_d_flags = Signal(16)
+            pf_skip = Signal(range(spec.VIRTIO_NET_HDR_SIZE + 1))   # header bytes in the buffer
+            # the controlq's chain
+            ack_addr = Signal(64)            # the first writable buffer: the ack goes there
+            have_ack = Signal()
+            cmd_bad = Signal()
+            ack_value = Signal(8)
+            m.d.comb += [self.cmd_bad.eq(cmd_bad),   # held until the answer
+                         self.tx_abort.eq(tx_drop)]
         # RX scatter
         else:
             rx_len = Signal(16)
@@ -463,10 +467,9 @@ class RingEngine(wiring.Component):
             if is_rx:
                 with m.If(frame_bufs == 0):
                     m.d.sync += [rx_pos.eq(0), rx_len.eq(self.rx_length)]
-            elif is_ctrl:
-                chain += [frame_bytes.eq(0), have_ack.eq(0), cmd_bad.eq(0)]
             else:
-                chain += [hdr_left.eq(spec.VIRTIO_NET_HDR_SIZE), frame_bytes.eq(0), tx_drop.eq(0)]
+                chain += [hdr_left.eq(spec.VIRTIO_NET_HDR_SIZE), frame_bytes.eq(0), tx_drop.eq(0),
+                          have_ack.eq(0), cmd_bad.eq(0)]
             return chain
 
         visiting = Signal()                  # the copies above belong to `slot`
@@ -484,6 +487,8 @@ class RingEngine(wiring.Component):
                     m.d.comb += advance.eq(~pending_r | (target == target_r))
                 with m.If(pending_r):
                     m.d.sync += [slot.eq(target_r), frame_bufs.eq(0)]
+                    if not is_rx:
+                        m.d.sync += on_ctrl.eq(target_r == ctrl_slot)
                     with m.Switch(target_r):
                         for s, index in enumerate(served):
                             with m.Case(s):
@@ -673,26 +678,34 @@ class RingEngine(wiring.Component):
                 with m.Elif(has_next & (d_next >= table_size)):
                     m.d.sync += fail(RingError.HEAD_RANGE)
                     m.next = "ERROR"
-                with m.Elif((writable != is_rx) if not is_ctrl else Const(0)):
+                with m.Elif(~writable if is_rx else writable & ~on_ctrl):
                     m.d.sync += fail(RingError.DIRECTION)
                     m.next = "ERROR"
                 with m.Else():
-                    m.next = {Role.RX: "RX_PLAN", Role.TX: "TX_PLAN", Role.CTRL: "CTRL_PLAN"}[self.role]
+                    if is_rx:
+                        m.next = "RX_PLAN"
+                    else:
+                        m.next = "TX_PLAN"
+                        with m.If(on_ctrl):
+                            m.next = "CTRL_PLAN"
 
             with m.State("CHAIN_NEXT"):
                 with m.If(has_next):
                     m.d.sync += desc_idx.eq(d_next)
                     m.next = "READ_DESC"
                 with m.Else():
-                    m.next = {Role.RX: "RX_CHAIN_END", Role.TX: "TX_END",
-                              Role.CTRL: "CTRL_END"}[self.role]
+                    if is_rx:
+                        m.next = "RX_CHAIN_END"
+                    else:
+                        m.next = "TX_END"
+                        with m.If(on_ctrl):
+                            m.next = "CTRL_END"
 
             if is_rx:
                 self._receive(m, locals())
-            elif is_ctrl:
-                self._control(m, locals())
             else:
                 self._transmit(m, locals())
+                self._control(m, locals())
 
             # Step 5: the used ring (section 2.7.8). A mergeable frame's
             # elements go past the used idx, published with the frame's last.
@@ -728,8 +741,7 @@ class RingEngine(wiring.Component):
                                 m.next = "AFTER_CHAIN"
                         else:
                             m.d.sync += publish
-                            if not is_ctrl:
-                                m.d.comb += self.tx_sent.eq(1)
+                            m.d.comb += self.tx_sent.eq(~on_ctrl)
                             m.next = "AFTER_CHAIN"
             with m.State("AFTER_CHAIN"):
                 # keep going within the batch (RX: while the next frame is
@@ -803,7 +815,7 @@ class RingEngine(wiring.Component):
                 m.d.comb += rd.ready.eq(1)
         m.d.comb += visiting.eq(~ring_fsm.ongoing("IDLE") & ~ring_fsm.ongoing("VISIT"))
 
-        if self.role is Role.TX:
+        if not is_rx:
             # Read-ahead (TX): while the last buffer of chain k streams in,
             # look up chain k+1 in the head and descriptor caches; if it is a
             # single plain buffer (no NEXT, WRITE or INDIRECT) longer than the
@@ -945,7 +957,7 @@ class RingEngine(wiring.Component):
     # across the chain's buffers; the first must hold the whole header.
     def _receive(self, m, v):
         wr_req, wr, request = v["wr_req"], v["wr"], v["request"]
-        d_len, d_addr, chain_len, has_next = v["d_len"], v["d_addr"], v["chain_len"], v["has_next"]
+        d_len, d_addr, chain_len = v["d_len"], v["d_addr"], v["chain_len"]
         rx_room, rx_left, rx_len, rx_pos = v["rx_room"], v["rx_left"], v["rx_len"], v["rx_pos"]
         seg_addr, seg_len, rx_first, dw = v["seg_addr"], v["seg_len"], v["rx_first"], v["dw"]
         used_len, frame_done, first_addr = v["used_len"], v["frame_done"], v["first_addr"]
@@ -1075,7 +1087,7 @@ class RingEngine(wiring.Component):
     def _control(self, m, v):
         rd_req, rd, request = v["rd_req"], v["rd"], v["request"]
         wr_req, wr = v["wr_req"], v["wr"]
-        d_len, d_addr, d_flags, has_next = v["d_len"], v["d_addr"], v["d_flags"], v["has_next"]
+        d_len, d_addr, d_flags = v["d_len"], v["d_addr"], v["d_flags"]
         frame_bytes, used_len = v["frame_bytes"], v["used_len"]
         ack_addr, have_ack, cmd_bad, ack_value = (v["ack_addr"], v["have_ack"], v["cmd_bad"],
                                                   v["ack_value"])
@@ -1088,7 +1100,7 @@ class RingEngine(wiring.Component):
                 with m.If(~have_ack):
                     m.d.sync += [ack_addr.eq(d_addr), have_ack.eq(1)]
                 m.next = "CHAIN_NEXT"
-            with m.Elif(have_ack | (frame_bytes + d_len > self.max_tx_frame)):
+            with m.Elif(have_ack | (frame_bytes + d_len > self.max_command)):
                 # out after in (section 5.1.6.5: out, then in), or longer
                 # than any command: answered with ERR, the bytes not read
                 m.d.sync += cmd_bad.eq(1)

@@ -1,21 +1,23 @@
-"""The device side of every virtqueue: a TX, an RX and a control ring engine
-working side by side, sharing the DMA requester.
+"""The device side of every virtqueue: a TX and an RX ring engine working
+side by side, sharing the DMA requester.
 
     doorbell ──┬──> RingEngine(TX) ──> tx (frames to the TX frame buffer)
+               │        │            ──> cmd (control commands), <── ack
                │        │ dma_rd, dma_wr
-               ├──> RingEngine(RX) <── rx_seg (the RX frame buffer's head frame)
-               │        │ dma_rd, dma_wr
-               └──> RingEngine(CTRL) ──> cmd (control commands), <── ack
+               └──> RingEngine(RX) <── rx_seg (the RX frame buffer's head frame)
                         │ dma_rd, dma_wr
-    TX engine's reads ──> dma_rd_tx (a DMA reader of its own)
-    RX and CTRL reads ──> DmaReadMux ──> dma_rd      all writes ──> DmaWriteMux ──> dma_wr
+    TX engine's reads ──> dma_rd_tx      RX engine's reads ──> dma_rd
+    all writes ──> DmaWriteMux ──> dma_wr
 
 Separate engines, so that transmit and receive overlap (a TX buffer read and
-an RX buffer write use the link's two directions at once) and a control
-command never waits behind traffic. The TX engine reads through a DMA reader
-of its own: a reader returns data in request order, and an RX descriptor read
-queued behind a 1518-byte TX buffer read would wait for all of it. An error in any stops all (the device
-needs a reset, section 2.1.1).
+an RX buffer write use the link's two directions at once). Each reads
+through a DMA reader of its own: a reader returns data in request order, and
+an RX descriptor read queued behind a 1518-byte TX buffer read would wait for
+all of it. The TX engine also serves the controlq (its buffers are read like
+a transmitq's): a control command takes its turn among the transmitqs and
+holds them while the executor acts on it, which is rare and short (Linux
+waits for each command's answer anyway). An error in either engine stops
+both (the device needs a reset, section 2.1.1).
 """
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
@@ -24,17 +26,16 @@ from amaranth.lib.wiring import In, Out, connect
 from ..lib.bytes import ByteStreamSignature
 from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
-from ..pcie.dma_mux import DmaReadMux, DmaWriteMux
+from ..pcie.dma_mux import DmaWriteMux
 from .common_cfg import QueueSettingsSignature
 from .ring_engine import RingEngine, RingError, Role
 
 __all__ = ["Virtqueues", "ROLES"]
 
-ROLES = (Role.TX, Role.RX, Role.CTRL)      # the engines, in the order of `settings`
+ROLES = (Role.TX, Role.RX)        # the engines, in the order of `settings`
 
-_CLIENT = {Role.TX: 0, Role.RX: 1, Role.CTRL: 2}     # DMA write mux inputs
-_READ_CLIENT = {Role.RX: 0, Role.CTRL: 1}             # DMA read mux inputs (TX reads alone)
-CTRL_MAX_COMMAND = 256     # bytes of class, command and data the control engine passes on
+_CLIENT = {Role.TX: 0, Role.RX: 1}     # DMA write mux inputs
+CTRL_MAX_COMMAND = 256     # bytes of class, command and data the TX engine passes on
 
 
 class Virtqueues(wiring.Component):
@@ -44,19 +45,18 @@ class Virtqueues(wiring.Component):
         mrg_rxbuf:  In(1), VIRTIO_NET_F_MRG_RXBUF negotiated.
         tx_queue:   Out(8), the queue the TX pulses (tx_sent, tx_empty) refer to.
         rx_queue:   Out(8), the queue the RX pulses (rx_delivered, rx_too_big) refer to.
-        cmd, cmd_bad, ack: the control engine's command stream and answer.
-        error:      Out(RingError), an engine's error (TX's, else RX's, else CTRL's).
+        cmd, cmd_bad, ack: the controlq's command stream and answer (TX engine).
+        error:      Out(RingError), an engine's error (TX's, else RX's).
         dma_rd_tx:  Out(DmaReadSignature()), the TX engine's reads (its own reader).
-        dma_rd:     Out(DmaReadSignature()), the RX and CTRL engines' reads.
+        dma_rd:     Out(DmaReadSignature()), the RX engine's reads.
     """
 
     def __init__(self, *, num_queues, max_tx_frame, initial_idx=0):
         self.num_queues = num_queues
         self.tx_engine = RingEngine(role=Role.TX, num_queues=num_queues,
-                                    max_tx_frame=max_tx_frame, initial_idx=initial_idx)
+                                    max_tx_frame=max_tx_frame, max_command=CTRL_MAX_COMMAND,
+                                    initial_idx=initial_idx)
         self.rx_engine = RingEngine(role=Role.RX, num_queues=num_queues, initial_idx=initial_idx)
-        self.ctrl_engine = RingEngine(role=Role.CTRL, num_queues=num_queues,
-                                      max_tx_frame=CTRL_MAX_COMMAND, initial_idx=initial_idx)
         super().__init__({
             "queue_enable": In(num_queues),
             "settings": Out(QueueSettingsSignature(num_queues)).array(len(ROLES)),
@@ -97,21 +97,17 @@ class Virtqueues(wiring.Component):
         m = Module()
         m.submodules.tx_engine = tx = self.tx_engine
         m.submodules.rx_engine = rx = self.rx_engine
-        m.submodules.ctrl_engine = ctrl = self.ctrl_engine
-        engines = {Role.TX: tx, Role.RX: rx, Role.CTRL: ctrl}
-        m.submodules.read_mux = read_mux = DmaReadMux(len(_READ_CLIENT))
+        engines = {Role.TX: tx, Role.RX: rx}
         m.submodules.write_mux = write_mux = DmaWriteMux(len(_CLIENT))
 
         stopped = Signal()                 # an engine failed: neither starts more work
-        any_failed = tx.needs_reset | rx.needs_reset | ctrl.needs_reset
+        any_failed = tx.needs_reset | rx.needs_reset
         with m.If(any_failed):
             m.d.sync += stopped.eq(1)
 
         for role, engine in engines.items():
-            if role in _READ_CLIENT:
-                connect(m, engine.dma_rd, read_mux.clients[_READ_CLIENT[role]])
-            else:
-                connect(m, engine.dma_rd, wiring.flipped(self.dma_rd_tx))
+            reads = self.dma_rd_tx if role is Role.TX else self.dma_rd
+            connect(m, engine.dma_rd, wiring.flipped(reads))
             connect(m, engine.dma_wr, write_mux.clients[_CLIENT[role]])
             m.d.comb += [
                 engine.run.eq(self.run & ~stopped),
@@ -123,15 +119,13 @@ class Virtqueues(wiring.Component):
             m.d.comb += engine.queue_enable.eq(self.queue_enable)
             connect(m, engine.settings, wiring.flipped(self.settings[ROLES.index(role)]))
         m.d.comb += self.doorbell.ready.eq(1)        # both engines always take a doorbell
-        connect(m, read_mux.out, wiring.flipped(self.dma_rd))
         connect(m, write_mux.out, wiring.flipped(self.dma_wr))
 
         m.d.comb += [
-            self.used_notify.eq(tx.used_notify | rx.used_notify | ctrl.used_notify),
+            self.used_notify.eq(tx.used_notify | rx.used_notify),
             self.needs_reset.eq(any_failed),
-            self.error.eq(Mux(tx.error != RingError.NONE, tx.error,
-                              Mux(rx.error != RingError.NONE, rx.error, ctrl.error))),
-            self.cmd_bad.eq(ctrl.cmd_bad),
+            self.error.eq(Mux(tx.error != RingError.NONE, tx.error, rx.error)),
+            self.cmd_bad.eq(tx.cmd_bad),
             # transmit
             tx.tx_done.eq(self.tx_done),
             tx.tx_space.eq(self.tx_space),
@@ -151,8 +145,8 @@ class Virtqueues(wiring.Component):
             self.rx_queue.eq(rx.queue),
         ]
         connect(m, tx.tx, wiring.flipped(self.tx))
-        connect(m, ctrl.cmd, wiring.flipped(self.cmd))
-        connect(m, wiring.flipped(self.ack), ctrl.ack)
+        connect(m, tx.cmd, wiring.flipped(self.cmd))
+        connect(m, wiring.flipped(self.ack), tx.ack)
         connect(m, rx.rx_seg_req, wiring.flipped(self.rx_seg_req))
         connect(m, wiring.flipped(self.rx_seg), rx.rx_seg)
         return m

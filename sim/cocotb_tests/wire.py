@@ -193,7 +193,7 @@ async def guard_catches_device_writes(dut):
     await net.probe()
     guard, transport = tb.guard, tb.transport
     # probe's control commands (VQ_PAIRS_SET) were device writes, and the
-    # control engine's last ones (avail_event, with EVENT_IDX) may follow the
+    # TX engine's last ones (avail_event, with EVENT_IDX) may follow the
     # ack the driver waited for: start counting once no write came for a while
     while True:
         before = guard.stats.writes
