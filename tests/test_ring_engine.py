@@ -753,6 +753,23 @@ def test_descriptors_are_read_in_blocks():
     assert [f for f, _ in bench.tx_frames] == frames
 
 
+def test_a_miss_on_the_last_descriptor_of_a_block_reads_it_whole():
+    """A chain whose head is the last descriptor of a block: its last DW (flags
+    and next) is the block read's last, and the chain must still go on."""
+    bench = Bench(size=DESC_BLOCK, seed=5)
+    frame = random_frame(bench.rng, 300)
+
+    async def scenario(ctx, b):
+        head = b.post_tx(frame, pieces=2, start_desc=DESC_BLOCK - 1)   # descriptors 7, then 0
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: b.rings[TXQ].used_idx() == 1)
+        assert [u[0] for u in b.rings[TXQ].take_used()] == [head]
+
+    bench.run(scenario)
+    assert [f for f, _ in bench.tx_frames] == [frame]
+    assert bench.needs_reset == 0
+
+
 def test_descriptor_blocks_are_aligned_so_heads_going_down_hit_the_cache():
     # Linux's free list is last freed, first used: in steady state a driver
     # posts heads 15, 14, ..., 8. Blocks aligned to DESC_BLOCK serve them all

@@ -111,6 +111,16 @@ class Role(enum.Enum):
         return data + [num_queues - 1] if self is Role.TX else data
 
 
+class _ReadAhead(enum.Enum):
+    """The TX read-ahead's steps (see `RingEngine.elaborate`)."""
+    IDLE = 0
+    LOOKUP = 1           # the next chain's head: in the descriptor cache?
+    READ = 2             # its descriptor read from the cache
+    LOOKUP_NEXT = 3      # after a header-only descriptor, the frame's one
+    READ_NEXT = 4
+    REQUEST = 5          # the frame's read, once allowed
+
+
 class RingError(enum.IntEnum):
     """Why the engine stopped (the ``error`` port, for debug and tests)."""
     NONE = 0
@@ -307,10 +317,14 @@ class RingEngine(wiring.Component):
         saved_valid = per_slot("cache_valid", 1, 0)
 
         # --- descriptor cache -----------------------------------------------
+        # Block RAM (a DW column per DP16KD on ECP5): read synchronously, so a
+        # descriptor's address goes out the cycle before its data is used.
+        # The address is the chain's `desc_idx` unless the read-ahead asks.
         m.submodules.desc_ram = desc_ram = Memory(shape=spec.VIRTQ_DESC_SIZE * 8,
-                                                  depth=DESC_BLOCK * slots, init=[])
+                                                  depth=DESC_BLOCK * slots, init=[],
+                                                  attrs={"ram_style": "block"})
         desc_wr = desc_ram.write_port(granularity=32)
-        desc_rd = desc_ram.read_port(domain="comb")
+        desc_rd = desc_ram.read_port()
         dc_valid = Signal()
         dc_first = Signal(_IDX_BITS)         # index of the first cached descriptor
         dc_count = Signal(range(DESC_BLOCK + 1))
@@ -432,7 +446,7 @@ class RingEngine(wiring.Component):
             seg_addr = Signal(64)
             # read-ahead: the next chain's buffer read, issued while this
             # chain's data still arrives (see after the FSM)
-            pf_stage = Signal(range(4))      # 0: idle, 1: descriptor, 2: request, 3: 2nd descriptor
+            pf_stage = Signal(_ReadAhead)
             pf_valid = Signal()              # issued: its data follows this chain's
             pf_head = Signal(_IDX_BITS)
             pf_addr = Signal(64)
@@ -644,10 +658,12 @@ class RingEngine(wiring.Component):
                             m.d.sync += fail(RingError.DMA)
                             m.next = "ERROR"
                         with m.Else():
+                            # (READ_DESC again: the block's last DW is
+                            # written this cycle, readable from the next)
                             m.d.sync += dc_valid.eq(1)
-                            m.next = "CACHED_DESC"
+                            m.next = "READ_DESC"
             with m.State("CACHED_DESC"):
-                m.d.comb += desc_rd.addr.eq(Cat(desc_idx[:_DESC_BLOCK_BITS], slot[:slot_bits]))
+                # desc_idx's descriptor, addressed in READ_DESC
                 desc = desc_rd.data
                 m.d.sync += [d_addr.eq(desc[0:64]), d_len.eq(desc[64:96]),
                              d_flags.eq(desc[96:112]), d_next.eq(desc[112:128]),
@@ -814,6 +830,8 @@ class RingEngine(wiring.Component):
                 # stray read data is taken so the DMA reader never blocks
                 m.d.comb += rd.ready.eq(1)
         m.d.comb += visiting.eq(~ring_fsm.ongoing("IDLE") & ~ring_fsm.ongoing("VISIT"))
+        desc_at = desc_rd.addr
+        m.d.comb += desc_at.eq(Cat(desc_idx[:_DESC_BLOCK_BITS], slot[:slot_bits]))
 
         if not is_rx:
             # Read-ahead (TX): while the last buffer of chain k streams in,
@@ -842,42 +860,47 @@ class RingEngine(wiring.Component):
             cached_desc = desc_rd.data
             header_only = ((cached_desc[96:112] == spec.VirtqDescF.NEXT)
                            & (cached_desc[64:96] == spec.VIRTIO_NET_HDR_SIZE))
+            cached_hit = (pf_head < cfg.size) & (pf_head >= dc_first) & (offset < dc_count)
+            load = [pf_d_addr.eq(cached_desc[0:64]), pf_d_len.eq(cached_desc[64:96]),
+                    pf_d_flags.eq(cached_desc[96:112])]
+            R = _ReadAhead
             with m.Switch(pf_stage):
-                with m.Case(0):
+                with m.Case(R.IDLE):
                     with m.If(ring_fsm.ongoing("TX_MOVE") & ~has_next & ~pf_valid & ~in_table
                               & cache_valid & (following < cached) & ~last_of_visit):
                         m.d.comb += head_rd.addr.eq(Cat(following[1:_BATCH_BITS], slot[:slot_bits]))
                         m.d.sync += [pf_head.eq(head_rd.data.word_select(following[0], _IDX_BITS)),
-                                     pf_stage.eq(1)]
-                with m.Case(1):
-                    with m.If(streaming & dc_valid & ~dc_table & (pf_head < cfg.size)
-                              & (pf_head >= dc_first) & (offset < dc_count)):
-                        m.d.comb += desc_rd.addr.eq(Cat(pf_head[:_DESC_BLOCK_BITS], slot[:slot_bits]))
-                        m.d.sync += [pf_d_addr.eq(cached_desc[0:64]), pf_d_len.eq(cached_desc[64:96]),
-                                     pf_d_flags.eq(cached_desc[96:112])]
+                                     pf_stage.eq(R.LOOKUP)]
+                with m.Case(R.LOOKUP, R.LOOKUP_NEXT):
+                    # in the descriptor cache (a plain one, for the head): read it
+                    with m.If(streaming & cached_hit & ((pf_stage == R.LOOKUP_NEXT) | dc_valid & ~dc_table)):
+                        m.d.comb += desc_at.eq(Cat(pf_head[:_DESC_BLOCK_BITS], slot[:slot_bits]))
+                        m.d.sync += pf_stage.eq(Mux(pf_stage == R.LOOKUP, R.READ, R.READ_NEXT))
+                    with m.Else():
+                        m.d.sync += pf_stage.eq(R.IDLE)      # not in the caches: read as usual
+                with m.Case(R.READ):
+                    with m.If(streaming):
+                        m.d.sync += load
                         with m.If(header_only):
                             # the frame is in the next descriptor
                             m.d.sync += [pf_head.eq(cached_desc[112:128]), pf_skip.eq(0),
-                                         pf_stage.eq(3)]
+                                         pf_stage.eq(R.LOOKUP_NEXT)]
                         with m.Else():
-                            m.d.sync += [pf_skip.eq(spec.VIRTIO_NET_HDR_SIZE), pf_stage.eq(2)]
+                            m.d.sync += [pf_skip.eq(spec.VIRTIO_NET_HDR_SIZE), pf_stage.eq(R.REQUEST)]
                     with m.Else():
-                        m.d.sync += pf_stage.eq(0)       # not in the caches: read as usual
-                with m.Case(3):
-                    with m.If(streaming & (pf_head < cfg.size) & (pf_head >= dc_first)
-                              & (offset < dc_count)):
-                        m.d.comb += desc_rd.addr.eq(Cat(pf_head[:_DESC_BLOCK_BITS], slot[:slot_bits]))
-                        m.d.sync += [pf_d_addr.eq(cached_desc[0:64]), pf_d_len.eq(cached_desc[64:96]),
-                                     pf_d_flags.eq(cached_desc[96:112]), pf_stage.eq(2)]
+                        m.d.sync += pf_stage.eq(R.IDLE)
+                with m.Case(R.READ_NEXT):
+                    with m.If(streaming):
+                        m.d.sync += load + [pf_stage.eq(R.REQUEST)]
                     with m.Else():
-                        m.d.sync += pf_stage.eq(0)
-                with m.Case(2):
+                        m.d.sync += pf_stage.eq(R.IDLE)
+                with m.Case(R.REQUEST):
                     with m.If(~may_request | ~plain):
-                        m.d.sync += pf_stage.eq(0)
+                        m.d.sync += pf_stage.eq(R.IDLE)
                     with m.Elif(self.tx_space >= tx_read_len + pf_data_len):
                         m.d.comb += request(rd_req, pf_d_addr + pf_skip, pf_data_len)
                         with m.If(rd_req.ready):
-                            m.d.sync += [pf_valid.eq(1), pf_stage.eq(0),
+                            m.d.sync += [pf_valid.eq(1), pf_stage.eq(R.IDLE),
                                          pf_addr.eq(pf_d_addr + pf_skip), pf_len.eq(pf_data_len)]
         return m
 
