@@ -114,11 +114,13 @@ async def _select(ctx, dut, q):
     await _write(ctx, dut.bus, C.QUEUE_SELECT // 4, q << 16, be=0b1100)
 
 
-def _check_engine_reads(ctx, dut, model):
-    """Every engine's port sees every queue as the model has it."""
+async def _check_engine_reads(ctx, dut, model):
+    """Every engine's port sees every queue as the model has it, the cycle
+    after it asks."""
     for reader, port in enumerate(dut.settings):
         for q in range(NUM_QUEUES):
             ctx.set(port.queue, q)
+            await ctx.tick()
             got = ctx.get(port.settings)
             want = model.settings(q)
             assert {field: getattr(got, field) for field in want} == want, (q, reader)
@@ -149,7 +151,7 @@ def test_queue_registers_against_model(seed):
 
     async def testbench(ctx):
         await ctx.tick().repeat(NUM_QUEUES + 1)        # the tables' first sweep
-        _check_engine_reads(ctx, dut, model)
+        await _check_engine_reads(ctx, dut, model)
         for _ in range(300):
             q = rng.choice([*range(NUM_QUEUES + 1), 16 + NUM_QUEUES // 2])   # and absent ones
             await _select(ctx, dut, q)
@@ -164,7 +166,7 @@ def test_queue_registers_against_model(seed):
             be = rng.choice([0b1111, 0b1111, rng.randrange(16)])
             await _write(ctx, dut.bus, dw, data, be)
             model.write(q, dw, data, be)
-        _check_engine_reads(ctx, dut, model)
+        await _check_engine_reads(ctx, dut, model)
         await _check_bus_reads(ctx, dut, model)
 
     simulate(dut, testbench)
@@ -186,13 +188,13 @@ def test_device_reset_restores_every_queue():
                              (C.QUEUE_ENABLE // 4, 1)):
                 await _write(ctx, dut.bus, dw, data)
                 model.write(q, dw, data, 0b1111)
-        _check_engine_reads(ctx, dut, model)
+        await _check_engine_reads(ctx, dut, model)
         assert model.enable == [1] * NUM_QUEUES and model.size[0] == 16
         await _write(ctx, dut.bus, C.DEVICE_STATUS // 4, 0, be=0b0001)
         model.reset()
         assert ctx.get(dut.queue_enable) == 0           # at once: no engine visits
         await ctx.tick().repeat(NUM_QUEUES - GAP)        # the documented sweep, a row a cycle
-        _check_engine_reads(ctx, dut, model)
+        await _check_engine_reads(ctx, dut, model)
         await _check_bus_reads(ctx, dut, model)
 
     simulate(dut, testbench)

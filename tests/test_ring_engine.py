@@ -66,7 +66,8 @@ class Bench:
     def _with_settings(self, dut):
         """The engines plus a stand-in for the common config's settings tables:
         one register per queue (``self.settings``), read by each engine's queue
-        index, and the queues' enables (``self.enables``)."""
+        index a cycle later (as the block RAM is), and the queues' enables
+        (``self.enables``)."""
         top = Module()
         top.submodules.dut = dut
         self.settings = [Signal(QueueSettings, name=f"settings{q}") for q in range(self.num_queues)]
@@ -74,7 +75,7 @@ class Bench:
         top.d.comb += dut.queue_enable.eq(Cat(self.enables))
         table = Array(self.settings)
         for port in dut.settings:
-            top.d.comb += port.settings.eq(table[port.queue])
+            top.d.sync += port.settings.eq(table[port.queue])
         return top
 
     # --- driver-side helpers -------------------------------------------------

@@ -58,8 +58,7 @@ class QueueSettings(data.Struct):
 class QueueSettingsSignature(wiring.Signature):
     """A ring engine's read port on the queues' settings, from the engine's
     side: it puts a virtqueue index on ``queue`` and finds that queue's
-    `QueueSettings` on ``settings`` in the same cycle (an asynchronous LUT RAM
-    read).
+    `QueueSettings` on ``settings`` in the next cycle (a block RAM read).
 
     Members:
         queue:    Out(range(num_queues)).
@@ -179,13 +178,20 @@ class CommonConfig(wiring.Component):
         # gets its reset value.
         row_bits = QueueSettings.as_shape().size
         w_bytes = Signal(row_bits // _BYTE_BITS)          # byte enables of a bus write
-        table = Memory(shape=row_bits, depth=nq, init=[settings_init] * nq)
+        # Block RAM (each read port a copy of six DP16KD on ECP5, rows of
+        # 208 bits): read synchronously. The bus reads the row of `row`, which
+        # moves a cycle after queue_select, so `shown` is the selected queue's
+        # two cycles after a select, and a field written by the bus reads back
+        # from the second cycle after the write (register accesses come far
+        # further apart: a TLP each).
+        table = Memory(shape=row_bits, depth=nq, init=[settings_init] * nq,
+                       attrs={"ram_style": "block"})
         m.submodules.settings = table
         write = table.write_port(granularity=_BYTE_BITS)
         for port in self.settings:
-            engine_read = table.read_port(domain="comb")
+            engine_read = table.read_port()
             m.d.comb += [engine_read.addr.eq(port.queue), port.settings.eq(engine_read.data)]
-        bus_read = table.read_port(domain="comb")
+        bus_read = table.read_port()
         shown = QueueSettings(bus_read.data)              # the selected queue's settings
         m.d.comb += bus_read.addr.eq(row)
         clearing = Signal(init=1)           # also from power-up: init is for simulation only

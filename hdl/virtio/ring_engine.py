@@ -515,12 +515,14 @@ class RingEngine(wiring.Component):
                              cache_valid.eq(saved_valid[slot]), dc_valid.eq(saved_dc_valid[slot]),
                              dc_first.eq(saved_dc_first[slot]), dc_count.eq(saved_dc_count[slot]),
                              dc_table.eq(saved_dc_table[slot])]
-                m.d.sync += [cfg.eq(self.settings.settings), cur_last.eq(last_avail[slot]),
+                m.d.sync += [cur_last.eq(last_avail[slot]),
                              cur_used.eq(used_idx[slot]), visit_used.eq(used_idx[slot]),
                              cur_seen.eq(avail_seen[slot]), cur_signalled.eq(signalled[slot]),
                              cur_no_interrupt.eq(no_interrupt[slot])]
                 m.next = "VISIT_PLAN"
             with m.State("VISIT_PLAN"):
+                # the settings of `q` (set with `slot`), read the cycle after
+                m.d.sync += cfg.eq(self.settings.settings)
                 with m.If(cache_valid & (taken != cached)):
                     m.next = "NEXT_HEAD"
                 with m.Elif(cur_seen != cur_last):
