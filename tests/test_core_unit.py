@@ -329,3 +329,25 @@ def test_poisoned_requests_change_nothing():
         await host.cfg_write(spec.PciCfg.INTERRUPT_LINE, 0x5A, be=0b0001)
         assert await host.cfg_read(spec.PciCfg.INTERRUPT_LINE) & 0xFF == 0x5A
     run(tb)
+
+
+def test_cfg_window_write_at_an_odd_byte_offset():
+    """pci_cfg_data's bytes land at the window's offset inside its DW (virtio 1.2 4.1.4.9)."""
+    async def tb(host, core):
+        await enable_bar(host)
+        window = 0xCC
+        await host.cfg_write(window + spec.VirtioPciCap.BAR, 0, be=0b0001)
+        await host.cfg_write(window + spec.VirtioPciCap.OFFSET, L.common + C.QUEUE_SELECT)
+        await host.cfg_write(window + spec.VirtioPciCap.LENGTH, 2)
+        assert (L.common + C.QUEUE_SELECT) % 4 == 2
+        await host.cfg_write(window + spec.VirtioPciCap.PCI_CFG_DATA, 1, be=0b0011)
+        assert await read_le(host, BAR + L.common + C.QUEUE_SELECT, 2) == 1
+        assert await host.cfg_read(window + spec.VirtioPciCap.PCI_CFG_DATA) == 1
+        # one byte at offset 1 of an MSI-X table DW: only that byte changes
+        await write_le(host, BAR + L.msix_table, 4, 0x4433_2211)
+        await host.cfg_write(window + spec.VirtioPciCap.OFFSET, L.msix_table + 1)
+        await host.cfg_write(window + spec.VirtioPciCap.LENGTH, 1)
+        await host.cfg_write(window + spec.VirtioPciCap.PCI_CFG_DATA, 0xAA, be=0b0001)
+        assert await read_le(host, BAR + L.msix_table, 4) == 0x4433_AA11
+        assert await host.cfg_read(window + spec.VirtioPciCap.PCI_CFG_DATA) & 0xFF == 0xAA
+    run(tb)

@@ -194,6 +194,18 @@ MALFORMED = {
     "rss not offered": cmd(C.MQ, MQ.RSS_CONFIG, bytes(16)),
     "announce not negotiated": cmd(C.ANNOUNCE, 0),
     "longer than a command": cmd(C.MAC, MAC.TABLE_SET, bytes(CTRL_MAX_COMMAND)),
+    "no multicast count": cmd(C.MAC, MAC.TABLE_SET, struct.pack("<I", 1) + bytes(6)),
+    # counts above what fits a command, whose low bits would fit this one
+    "table count 65": cmd(C.MAC, MAC.TABLE_SET, struct.pack("<I", 65) + bytes(6)
+                          + struct.pack("<I", 0)),
+    "table count 2**32 - 63": cmd(C.MAC, MAC.TABLE_SET, struct.pack("<I", 2**32 - 63) + bytes(6)
+                                  + struct.pack("<I", 0)),
+    "multicast count 65": cmd(C.MAC, MAC.TABLE_SET, struct.pack("<IIxxxxxx", 0, 65)),
+    "42 addresses": cmd(C.MAC, MAC.TABLE_SET,       # counts right, but too long
+                        table_set([bytes([2, 0, 0, 0, 0, n]) for n in range(42)], [])),
+    "one byte over the limit": cmd(C.MAC, MAC.TABLE_SET,
+                                   table_set([bytes([2, 0, 0, 0, 0, n]) for n in range(41)], [])
+                                   + b"\0"),
 }
 
 
@@ -246,3 +258,46 @@ def test_vlan_commands_wait_while_the_table_is_cleared():
 
     simulate(dut, bench)
     assert writes == [5]
+
+
+def test_mac_table_set_of_empty_tables():
+    seen, final = run([cmd(C.MAC, MAC.TABLE_SET, table_set([bytes([2, 0, 0, 0, 0, 9])], [])),
+                       cmd(C.MAC, MAC.TABLE_SET, table_set([], []))])
+    assert seen.acks == [OK, OK]
+    assert final["uc_count"] == final["mc_count"] == 0
+    assert seen.uc == {0: mac_int(bytes([2, 0, 0, 0, 0, 9]))} and seen.mc == {}
+
+
+def test_mac_table_set_as_long_as_a_command_may_be():
+    """41 addresses: CTRL_MAX_COMMAND bytes exactly (one more is refused, see
+    MALFORMED)."""
+    uc = [bytes([2, 0, 0, 0, 1, n]) for n in range(41)]
+    command = cmd(C.MAC, MAC.TABLE_SET, table_set(uc, []))
+    assert len(command) == CTRL_MAX_COMMAND
+    seen, final = run([command])
+    assert seen.acks == [OK] and final["uc_count"] == 41 and final["mc_count"] == 0
+    assert seen.uc == {n: mac_int(a) for n, a in enumerate(uc[:UC])} and seen.mc == {}
+
+
+def test_commands_of_every_beat_alignment():
+    """The same answers whatever the bytes' places in the 4-byte beats (the
+    command runs on after a TABLE_SET of 0..3 spare bytes)."""
+    uc = [bytes([2, 0, 0, 0, 0, 1])]
+    for mc_n in range(4):
+        mc = [bytes([1, 0, 0x5e, 0, 0, n]) for n in range(mc_n)]
+        seen, final = run([cmd(C.MAC, MAC.TABLE_SET, table_set(uc, mc)),
+                           cmd(C.VLAN, VLAN.ADD, struct.pack("<H", 300 + mc_n)),
+                           cmd(C.MAC, MAC.ADDR_SET, bytes([2, 1, 2, 3, 4, mc_n])),
+                           cmd(C.RX, RX.ALLMULTI, b"\x02")])
+        assert seen.acks == [OK] * 4, mc_n
+        assert final["mc_count"] == mc_n and seen.mc == {n: mac_int(a) for n, a in enumerate(mc)}
+        assert seen.vlan == {300 + mc_n: 1} and final["mac"] == mac_int(bytes([2, 1, 2, 3, 4, mc_n]))
+        assert final["mode"]["allmulti"] == 1
+
+
+def test_announce_ack():
+    """A command of no data, after one whose command byte differs."""
+    seen, _ = run([cmd(C.VLAN, VLAN.DEL, struct.pack("<H", 3)),
+                   cmd(C.ANNOUNCE, spec.VirtioNetCtrlAnnounce.ACK)],
+                  features=ALL | int(F.GUEST_ANNOUNCE))
+    assert seen.acks == [OK, OK] and seen.announces == 1
