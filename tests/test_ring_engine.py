@@ -20,6 +20,11 @@ MAX_FRAME = 1518
 RXQ, TXQ = 0, 1
 
 
+def kept_bytes(payload):
+    """The bytes of a byte-stream beat whose ``keep`` bit is set, in lane order."""
+    return bytes(payload.data >> (8 * lane) & 0xFF for lane in range(4) if payload.keep >> lane & 1)
+
+
 class Stamped(list):
     """A list whose appends also note the bench's cycle (in ``cycles``)."""
 
@@ -164,9 +169,7 @@ class Bench:
             _, _, valid, ready, payload, abort = await ctx.tick().sample(
                 dut.tx.valid, dut.tx.ready, dut.tx.payload, dut.tx_abort)
             if valid and ready:
-                for lane in range(4):
-                    if payload.keep >> lane & 1:
-                        current.append(payload.data >> (8 * lane) & 0xFF)
+                current += kept_bytes(payload)
                 if payload.last:
                     self.tx_frames.append((bytes(current), bool(abort)))
                     current = bytearray()
@@ -181,9 +184,7 @@ class Bench:
             _, _, valid, ready, payload, bad = await ctx.tick().sample(
                 dut.cmd.valid, dut.cmd.ready, dut.cmd.payload, dut.cmd_bad)
             if valid and ready:
-                for lane in range(4):
-                    if payload.keep >> lane & 1:
-                        current.append(payload.data >> (8 * lane) & 0xFF)
+                current += kept_bytes(payload)
                 if payload.last:
                     command = bytes(current)
                     current = bytearray()

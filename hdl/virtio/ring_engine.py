@@ -486,6 +486,16 @@ class RingEngine(wiring.Component):
                           have_ack.eq(0), cmd_bad.eq(0)]
             return chain
 
+        def go_by_queue(*, rx, tx, ctrl):
+            """Next, the step of the chain's kind: a receiveq's, a transmitq's
+            or the controlq's."""
+            if is_rx:
+                m.next = rx
+            else:
+                m.next = tx
+                with m.If(on_ctrl):
+                    m.next = ctrl
+
         visiting = Signal()                  # the copies above belong to `slot`
         with m.If(visiting):
             m.d.sync += [saved_cached[slot].eq(cached), saved_taken[slot].eq(taken),
@@ -700,24 +710,14 @@ class RingEngine(wiring.Component):
                     m.d.sync += fail(RingError.DIRECTION)
                     m.next = "ERROR"
                 with m.Else():
-                    if is_rx:
-                        m.next = "RX_PLAN"
-                    else:
-                        m.next = "TX_PLAN"
-                        with m.If(on_ctrl):
-                            m.next = "CTRL_PLAN"
+                    go_by_queue(rx="RX_PLAN", tx="TX_PLAN", ctrl="CTRL_PLAN")
 
             with m.State("CHAIN_NEXT"):
                 with m.If(has_next):
                     m.d.sync += desc_idx.eq(d_next)
                     m.next = "READ_DESC"
                 with m.Else():
-                    if is_rx:
-                        m.next = "RX_CHAIN_END"
-                    else:
-                        m.next = "TX_END"
-                        with m.If(on_ctrl):
-                            m.next = "CTRL_END"
+                    go_by_queue(rx="RX_CHAIN_END", tx="TX_END", ctrl="CTRL_END")
 
             if is_rx:
                 self._receive(m, locals())
