@@ -4,7 +4,7 @@ import random
 import struct
 
 import pytest
-from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.hdl import Array, Cat, Module, ResetInserter, Signal
 from amaranth.sim import Simulator
 
 from hdl import spec
@@ -72,9 +72,11 @@ class Bench:
         """The engines plus a stand-in for the common config's settings tables:
         one register per queue (``self.settings``), read by each engine's queue
         index a cycle later (as the block RAM is), and the queues' enables
-        (``self.enables``)."""
+        (``self.enables``). ``self.reset`` resets the engines, as a device
+        reset does in the core."""
         top = Module()
-        top.submodules.dut = dut
+        self.reset = Signal()
+        top.submodules.dut = ResetInserter(self.reset)(dut)
         self.settings = [Signal(QueueSettings, name=f"settings{q}") for q in range(self.num_queues)]
         self.enables = [Signal(name=f"enable{q}") for q in range(self.num_queues)]
         top.d.comb += dut.queue_enable.eq(Cat(self.enables))
@@ -241,11 +243,7 @@ class Bench:
         sim.add_clock(CLOCK_PERIOD)
 
         async def main(ctx):
-            for q, ring in self.rings.items():
-                config = ring.config()
-                ctx.set(self.settings[q], {field: config[field]
-                                           for field in ("size", "desc", "driver", "device")})
-                ctx.set(self.enables[q], config["enable"])
+            self.set_up_rings(ctx)
             ctx.set(dut.run, 1)
             ctx.set(dut.event_idx, self.event_idx)
             ctx.set(dut.indirect, self.indirect)
@@ -284,6 +282,14 @@ class Bench:
 
     def read_fails(self, addr):
         return False
+
+    def set_up_rings(self, ctx):
+        """The driver's queue set-up: each ring's addresses, size and enable."""
+        for q, ring in self.rings.items():
+            config = ring.config()
+            ctx.set(self.settings[q], {field: config[field]
+                                       for field in ("size", "desc", "driver", "device")})
+            ctx.set(self.enables[q], config["enable"])
 
 
 async def wait_for(ctx, condition, limit=20_000):
@@ -357,25 +363,32 @@ def test_control_commands_take_turns_with_transmitqs_on_the_tx_engine():
 
 
 def test_indexes_wrap_around_past_0xffff():
+    """On every queue of the engine: the transmitq's and the controlq's
+    indexes both start near the wrap."""
     size = 4
     bench = Bench(size=size, start_idx=0xFFFE, seed=5)
     frames = [random_frame(bench.rng, bench.rng.randint(60, 300)) for _ in range(3 * size + 3)]
+    commands = [bytes([n, 0]) for n in range(len(frames))]
 
     async def scenario(ctx, b):
-        ring = b.rings[TXQ]
+        ring, ctrl = b.rings[TXQ], b.rings[b.ctrlq]
         done = 0
         while done < len(frames):
-            wave = frames[done:done + size]
-            for f in wave:
+            wave = frames[done:done + size // 2]
+            for k, f in enumerate(wave):
                 b.post_tx(f)
+                b.post_ctrl(commands[done + k])      # two descriptors each
             b.kick(TXQ)
+            b.kick(b.ctrlq)
             done += len(wave)
-            await wait_for(ctx, lambda: len(b.tx_frames) == done)
-            await wait_for(ctx, lambda: ring.used_idx() == (0xFFFE + done) & 0xFFFF)
-            ring.take_used()
+            await wait_for(ctx, lambda: len(b.tx_frames) == done and len(b.commands) == done)
+            for r in (ring, ctrl):
+                await wait_for(ctx, lambda: r.used_idx() == (0xFFFE + done) & 0xFFFF)
+                r.take_used()
 
     bench.run(scenario)
     assert [f for f, _ in bench.tx_frames] == frames
+    assert [c for c, _ in bench.commands] == commands
 
 
 def test_no_interrupt_flag_suppresses_the_notification():
@@ -636,9 +649,17 @@ def test_event_idx_moves_avail_event_and_gates_interrupts():
         b.kick(TXQ)
         await wait_for(ctx, lambda: ring.used_idx() == 4)
         await wait_for(ctx, lambda: b.notifies[TXQ] == 2)
+        # used_event still 3, already passed: the fifth buffer (4 -> 5) is not
+        # signalled (section 2.7.10: only the step across used_event is)
+        b.post_tx(random_frame(b.rng, 80))
+        b.kick(TXQ)
+        await wait_for(ctx, lambda: ring.used_idx() == 5)
+        for _ in range(100):
+            await ctx.tick()
+        assert b.notifies[TXQ] == 2
 
     bench.run(scenario)
-    assert len(bench.tx_frames) == 4
+    assert len(bench.tx_frames) == 5
 
 
 def used_frames(b, used, buffers_of):
@@ -931,3 +952,47 @@ def test_next_buffer_is_read_while_the_current_one_arrives(room, layout):
         # two descriptors a chain: chain 4's start a new block of DESC_BLOCK
         # descriptors, not yet in the cache when chain 3 streams in
         assert ahead == [True, True, True, False, True], ahead
+
+
+def test_a_device_reset_starts_every_queue_afresh():
+    """After a device reset (section 2.4) every queue the engines serve starts
+    again from index 0, whichever queue they visited last: the transmitq,
+    the controlq and the receiveq are each used, reset, laid out anew by
+    the driver and used again."""
+    bench = Bench(size=8, seed=41)
+
+    async def use_every_queue(ctx, b, count):
+        frames = [random_frame(b.rng, 60 + 50 * n) for n in range(count)]
+        commands = [bytes([n, 1]) for n in range(count)]
+        heads = {TXQ: [], b.ctrlq: [], RXQ: []}
+        for frame, command in zip(frames, commands):
+            heads[TXQ].append(b.post_tx(frame))
+            heads[b.ctrlq].append(b.post_ctrl(command)[0])
+            heads[RXQ].append(b.post_rx(HDR + 1518)[0])
+        for q in heads:
+            b.kick(q)
+        b.rx_frames.extend(frames)
+        await wait_for(ctx, lambda: all(b.rings[q].used_idx() == count for q in heads))
+        for q, posted in heads.items():
+            assert [head for head, _ in b.rings[q].take_used()] == posted, q
+        return frames, commands
+
+    async def scenario(ctx, b):
+        sent, commands = await use_every_queue(ctx, b, 3)
+        for _ in range(50):
+            await ctx.tick()
+        ctx.set(b.reset, 1)
+        await ctx.tick()
+        ctx.set(b.reset, 0)
+        b.rings = {q: SplitRing(b.mem, 8) for q in range(b.num_queues)}
+        b.set_up_rings(ctx)
+        more, more_commands = await use_every_queue(ctx, b, 2)
+        sent += more
+        commands += more_commands
+        b.sent, b.sent_commands = sent, commands
+
+    bench.run(scenario)
+    assert [f for f, _ in bench.tx_frames] == bench.sent
+    assert [c for c, _ in bench.commands] == bench.sent_commands
+    assert bench.rx_delivered == len(bench.sent)
+    assert bench.needs_reset == 0

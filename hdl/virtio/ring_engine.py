@@ -53,7 +53,7 @@ engine then stays halted until the driver resets the device.
 import enum
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -243,15 +243,17 @@ class RingEngine(wiring.Component):
         # Indexes start at 0 (section 2.7); `initial_idx` is a test-only
         # build parameter that starts them elsewhere, to reach the 16-bit
         # wrap-around quickly (the driver has the matching option).
-        def per_slot(name, width=_IDX_BITS, init=None):
-            init = self.initial_idx if init is None else init
-            return Array(Signal(width, name=f"{name}{served[s]}", init=init) for s in range(slots))
-        last_avail = per_slot("last_avail")
-        avail_seen = per_slot("avail_seen")
-        used_idx = per_slot("used_idx")
-        signalled = per_slot("signalled")    # used idx at the last interrupt decision
-        no_interrupt = per_slot("no_interrupt", 1, 0)
-        starved = per_slot("starved", 1, 0)  # RX: waits for a doorbell (buffers ran out mid-frame)
+        #
+        # A visit works on registers (`cur_last`, `cached`, ...: the fields
+        # of `state` below) loaded from the queue's row of a LUT RAM table in
+        # VISIT, and writes them back to that row in every other cycle, so a
+        # row is at most a cycle behind its registers and is whole again the
+        # cycle after the visit. No per-queue registers and no multiplexers
+        # over them: up to 16 queues fit the same LUT RAMs. After a
+        # (device) reset, CLEAR writes the registers' reset values to every
+        # row. Whether a queue has work is a bit per queue (`work`), updated
+        # with its row, for the scheduler, which looks at every queue at once.
+        starved = Array(Signal(name=f"starved{q}") for q in served)  # RX: waits for a doorbell
         kick = Signal(slots)
         enables = Signal(slots)              # queue_enable of the served queues
         m.d.comb += enables.eq(Cat(self.queue_enable[q] for q in served))
@@ -282,14 +284,13 @@ class RingEngine(wiring.Component):
 
         size_mask = Signal(_IDX_BITS)
         m.d.comb += size_mask.eq(cfg.size - 1)
-        # The served queue's state, copied in registers on a visit (the
-        # per-queue arrays are only written back): keeps the queue-select
-        # multiplexers out of the engine's arithmetic.
-        cur_last = Signal(_IDX_BITS)
-        cur_used = Signal(_IDX_BITS)
-        cur_seen = Signal(_IDX_BITS)
-        cur_signalled = Signal(_IDX_BITS)
-        cur_no_interrupt = Signal()
+        # The served queue's state, in registers for the visit (see above).
+        idx_init = self.initial_idx
+        cur_last = Signal(_IDX_BITS, init=idx_init)      # last_avail_idx: entries taken
+        cur_used = Signal(_IDX_BITS, init=idx_init)      # used idx
+        cur_seen = Signal(_IDX_BITS, init=idx_init)      # avail idx as last read
+        cur_signalled = Signal(_IDX_BITS, init=idx_init) # used idx at the last interrupt decision
+        cur_no_interrupt = Signal()                      # VIRTQ_AVAIL_F_NO_INTERRUPT as last read
         visit_used = Signal(_IDX_BITS)       # used idx when the visit began
         visit_chains = Signal(range(VISIT_CHAINS + 1))   # chains served this visit
         last_of_visit = Signal()             # the chain under way ends the visit
@@ -312,9 +313,6 @@ class RingEngine(wiring.Component):
         cached = Signal(range(BATCH + 1))    # heads in the cache
         taken = Signal(range(BATCH + 1))     # heads consumed from it
         cache_valid = Signal()
-        saved_cached = per_slot("cached", (BATCH).bit_length(), 0)
-        saved_taken = per_slot("taken", (BATCH).bit_length(), 0)
-        saved_valid = per_slot("cache_valid", 1, 0)
 
         # --- descriptor cache -----------------------------------------------
         # Block RAM (a DW column per DP16KD on ECP5): read synchronously, so a
@@ -329,10 +327,19 @@ class RingEngine(wiring.Component):
         dc_first = Signal(_IDX_BITS)         # index of the first cached descriptor
         dc_count = Signal(range(DESC_BLOCK + 1))
         dc_table = Signal()                  # the entries are of the indirect table being walked
-        saved_dc_valid = per_slot("dc_valid", 1, 0)
-        saved_dc_first = per_slot("dc_first", _IDX_BITS, 0)
-        saved_dc_count = per_slot("dc_count", (DESC_BLOCK).bit_length(), 0)
-        saved_dc_table = per_slot("dc_table", 1, 0)
+
+        # --- the queues' state table (see above) ------------------------------
+        state = {"last": cur_last, "seen": cur_seen, "used": cur_used,
+                 "signalled": cur_signalled, "no_interrupt": cur_no_interrupt,
+                 "cached": cached, "taken": taken, "cache_valid": cache_valid,
+                 "dc_valid": dc_valid, "dc_first": dc_first, "dc_count": dc_count,
+                 "dc_table": dc_table}
+        row_layout = data.StructLayout({name: len(reg) for name, reg in state.items()})
+        m.submodules.state_ram = state_ram = Memory(shape=row_layout, depth=slots, init=[])
+        state_wr = state_ram.write_port()
+        state_rd = state_ram.read_port(domain="comb")
+        saved = state_rd.data                # the row of `slot`
+        work = Signal(slots)                 # per queue: avail entries not taken yet
 
         # --- chain state ----------------------------------------------------
         desc_idx = Signal(_IDX_BITS)
@@ -393,8 +400,7 @@ class RingEngine(wiring.Component):
 
         # --- scheduler ------------------------------------------------------
         def has_work(index):
-            return (avail_seen[index] != last_avail[index]) | (
-                saved_valid[index] & (saved_taken[index] != saved_cached[index]))
+            return work[index] if isinstance(index, int) else work.bit_select(index, 1)
 
         if is_rx:
             # the receiveq the head frame is steered to; a starved queue waits
@@ -496,14 +502,20 @@ class RingEngine(wiring.Component):
                 with m.If(on_ctrl):
                     m.next = ctrl
 
-        visiting = Signal()                  # the copies above belong to `slot`
-        with m.If(visiting):
-            m.d.sync += [saved_cached[slot].eq(cached), saved_taken[slot].eq(taken),
-                         saved_valid[slot].eq(cache_valid), saved_dc_valid[slot].eq(dc_valid),
-                         saved_dc_first[slot].eq(dc_first), saved_dc_count[slot].eq(dc_count),
-                         saved_dc_table[slot].eq(dc_table)]
+        write_back = Signal()                # the registers belong to `slot`
+        m.d.comb += [state_rd.addr.eq(slot), state_wr.addr.eq(slot), state_wr.en.eq(write_back),
+                     state_wr.data.eq(Cat(state[name] for name in row_layout.members))]
+        with m.If(write_back):
+            # cached heads not taken yet are avail entries past `last`, so
+            # `seen != last` covers them too
+            m.d.sync += work.bit_select(slot, 1).eq(cur_seen != cur_last)
 
-        with m.FSM(name="ring") as ring_fsm:
+        with m.FSM(name="ring", init="CLEAR") as ring_fsm:
+            with m.State("CLEAR"):
+                # after a reset: every row gets the registers' reset values
+                m.d.sync += slot.eq(slot + 1)
+                with m.If(slot == slots - 1):
+                    m.next = "IDLE"
             with m.State("IDLE"):
                 if not is_rx:
                     # the scan moves while the queue it shows has no work, and
@@ -521,14 +533,8 @@ class RingEngine(wiring.Component):
 
             with m.State("VISIT"):
                 m.d.sync += visit_chains.eq(0)
-                m.d.sync += [cached.eq(saved_cached[slot]), taken.eq(saved_taken[slot]),
-                             cache_valid.eq(saved_valid[slot]), dc_valid.eq(saved_dc_valid[slot]),
-                             dc_first.eq(saved_dc_first[slot]), dc_count.eq(saved_dc_count[slot]),
-                             dc_table.eq(saved_dc_table[slot])]
-                m.d.sync += [cur_last.eq(last_avail[slot]),
-                             cur_used.eq(used_idx[slot]), visit_used.eq(used_idx[slot]),
-                             cur_seen.eq(avail_seen[slot]), cur_signalled.eq(signalled[slot]),
-                             cur_no_interrupt.eq(no_interrupt[slot])]
+                m.d.sync += [reg.eq(saved[name]) for name, reg in state.items()]
+                m.d.sync += visit_used.eq(saved.used)
                 m.next = "VISIT_PLAN"
             with m.State("VISIT_PLAN"):
                 # the settings of `q` (set with `slot`), read the cycle after
@@ -553,8 +559,7 @@ class RingEngine(wiring.Component):
                 m.d.comb += rd.ready.eq(1)
                 with m.If(rd.valid):
                     m.d.comb += new_avail.eq(rd.payload.data[16:])
-                    m.d.sync += [avail_seen[slot].eq(new_avail), cur_seen.eq(new_avail),
-                                 no_interrupt[slot].eq(rd.payload.data[0]),
+                    m.d.sync += [cur_seen.eq(new_avail),
                                  cur_no_interrupt.eq(rd.payload.data[0])]
                     with m.If(rd.payload.error):
                         m.d.sync += fail(RingError.DMA)
@@ -744,8 +749,6 @@ class RingEngine(wiring.Component):
                         m.d.sync += taken.eq(taken + 1)
                         bufs = frame_bufs + 1
                         publish = [cur_used.eq(cur_used + bufs), cur_last.eq(cur_last + bufs),
-                                   used_idx[slot].eq(cur_used + bufs),
-                                   last_avail[slot].eq(cur_last + bufs),
                                    frame_bufs.eq(0), num_buffers.eq(bufs)]
                         if is_rx:
                             with m.If(~frame_done):
@@ -813,7 +816,7 @@ class RingEngine(wiring.Component):
             with m.State("EVENT_CHECK"):
                 new, old = cur_used, cur_signalled
                 m.d.sync += [need.eq(((new - used_event - 1) & _IDX_MASK) < ((new - old) & _IDX_MASK)),
-                             signalled[slot].eq(new)]
+                             cur_signalled.eq(new)]
                 m.next = "EVENT_NOTIFY"
             with m.State("EVENT_NOTIFY"):
                 with m.If(~self.dma_wr.busy):
@@ -831,7 +834,8 @@ class RingEngine(wiring.Component):
                 # nothing more is served until the driver resets the device;
                 # stray read data is taken so the DMA reader never blocks
                 m.d.comb += rd.ready.eq(1)
-        m.d.comb += visiting.eq(~ring_fsm.ongoing("IDLE") & ~ring_fsm.ongoing("VISIT"))
+        # not in VISIT: the registers are loading the row of the new `slot`
+        m.d.comb += write_back.eq(~ring_fsm.ongoing("VISIT"))
         desc_at = desc_rd.addr
         m.d.comb += desc_at.eq(Cat(desc_idx[:_DESC_BLOCK_BITS], slot[:slot_bits]))
 
