@@ -25,6 +25,14 @@ BAD_LOWER_ADDRESS = "bad_lower"
 SHORT_PAYLOAD = "short"              # fewer payload DWs than Length says
 LONG_PAYLOAD = "long"                # more payload DWs than Length says
 SILENT = "silent"                    # the rest of the completions never come (in time)
+# Byte Count / Length off by a multiple of twice the largest sub-request's
+# (bytes / DWs): wrong, but equal to the right value in the reader's narrowed
+# counters, which must flag them (slot_bytes up to 1 KiB: the fields are 12
+# and 10 bits)
+ALIAS_BYTE_COUNT = "alias_bc"
+ALIAS_LENGTH = "alias_len"           # the Length field only; the payload is right
+MAX_CYCLES = 200_000
+NO_TIMEOUT = 10 * MAX_CYCLES         # a Completion Timeout no run lasts long enough for
 STATUS = {UR: spec.CplStatus.UR, CA: spec.CplStatus.CA, CRS: spec.CplStatus.CRS}
 
 
@@ -67,7 +75,7 @@ class Record:
 def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256, tag_space=(0, 0),
               timeout_cycles=125_000, fates=None, reorder=True, p_req=0.6, p_tlp_ready=0.7,
               p_cpl_gap=0.2, p_data_ready=0.7, p_junk=0.0, latency=(4, 60),
-              bus_master_off=(), reads=None, max_cycles=200_000):
+              bus_master_off=(), reads=None, max_cycles=MAX_CYCLES):
     """Run reads through a DmaReader and a host model; check everything on the
     way; return a dict of figures."""
     rng = random.Random(seed)
@@ -122,6 +130,13 @@ def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256, t
             stop = k + 1
         elif fate == BAD_LENGTH:
             tlps[k] = dict(tlps[k], payload=tlps[k]["payload"] + [0xDEAD_BEEF])
+            stop = k + 1
+        elif fate == ALIAS_BYTE_COUNT:
+            tlps[k] = dict(tlps[k], byte_count=tlps[k]["byte_count"] + 2 * slot_bytes)
+            stop = k + 1
+        elif fate == ALIAS_LENGTH:
+            payload = tlps[k]["payload"]
+            tlps[k] = dict(tlps[k], length=len(payload) + 2 * slot_bytes // 4)
             stop = k + 1
         elif fate == BAD_LOWER_ADDRESS:
             tlps[k] = dict(tlps[k], lower_address=tlps[k]["lower_address"] ^ rng.choice([4, 64]))
@@ -285,6 +300,8 @@ def run_reads(seed, *, n_reads, mrrs, max_length=2000, tags=8, slot_bytes=256, t
                     out_read += 1
             if ctx.get(dut.error):
                 error_pulses.append(cycle)
+            if ctx.get(dut.client.data.valid) and "first_data" not in result:
+                result["first_data"] = cycle
             result["received_ur"] += ctx.get(dut.received_ur)
             result["received_ca"] += ctx.get(dut.received_ca)
             await ctx.tick()
@@ -359,8 +376,12 @@ def test_in_order_completions_no_back_pressure():
 @pytest.mark.parametrize("seed", [5, 6])
 def test_error_completions_fail_their_read_only(seed):
     fates = {UR: 0.04, CA: 0.04, CRS: 0.02, POISONED: 0.04, BAD_BYTE_COUNT: 0.03,
-             BAD_LENGTH: 0.03, BAD_LOWER_ADDRESS: 0.03, SHORT_PAYLOAD: 0.03, LONG_PAYLOAD: 0.03}
-    r = run_reads(seed, n_reads=20, mrrs=seed % 3, max_length=900, fates=fates, p_junk=0.05)
+             BAD_LENGTH: 0.03, BAD_LOWER_ADDRESS: 0.03, SHORT_PAYLOAD: 0.03, LONG_PAYLOAD: 0.03,
+             ALIAS_BYTE_COUNT: 0.03, ALIAS_LENGTH: 0.03}
+    # no Completion Timeout within the run: every bad completion must fail
+    # its sub-request at once, none may leave it waiting
+    r = run_reads(seed, n_reads=20, mrrs=seed % 3, max_length=900, fates=fates, p_junk=0.05,
+                  timeout_cycles=NO_TIMEOUT)
     assert 0 < r["failed"] < 20
     assert {rec.fate for rec in r["records"]} - {OK}, "no error was injected"
     # Status.Received Master / Target Abort: one pulse per UR / CA completion
@@ -368,6 +389,18 @@ def test_error_completions_fail_their_read_only(seed):
         assert r[key] == sum(1 for rec in r["records"] if rec.fate == fate and rec.sent), \
             (key, r[key])
     assert r["received_ur"] + r["received_ca"] > 0
+
+
+@pytest.mark.parametrize("seed", [15, 16])
+def test_wrong_counts_fail_at_once(seed):
+    """Byte Counts and Lengths that are wrong by a multiple of the reader's
+    narrowed counters (or a final completion one DW long) fail their read
+    at once: nothing waits for the Completion Timeout."""
+    fates = {ALIAS_BYTE_COUNT: 0.25, ALIAS_LENGTH: 0.25, BAD_LENGTH: 0.25}
+    r = run_reads(seed, n_reads=10, mrrs=1, max_length=600, fates=fates,
+                  timeout_cycles=NO_TIMEOUT)
+    assert set(fates) <= {rec.fate for rec in r["records"] if rec.sent}
+    assert r["failed"] > 0
 
 
 def test_completion_timeout_and_late_completions():
@@ -386,6 +419,21 @@ def test_completion_arriving_across_the_deadline_is_taken(seed):
                   latency=(85, 85), p_req=1.0, p_tlp_ready=1.0, p_cpl_gap=0.6)
     assert r["failed"] == 0
     assert r["cycles"] > 110
+
+
+@pytest.mark.parametrize("delay", range(0, 70, 5))
+def test_completion_timeout_neither_early_nor_late(delay):
+    """A sub-request with no completion fails no sooner than timeout_cycles
+    after it was sent, and within half a timeout more (the timestamps count
+    ticks of at most a quarter timeout); the issue cycle moves across a tick."""
+    timeout = 400
+    r = run_reads(13, n_reads=1, mrrs=0, reads=[(0x1000_0000, 64)], timeout_cycles=timeout,
+                  fates={SILENT: 1.0}, p_req=1.0, p_tlp_ready=1.0, p_data_ready=1.0,
+                  bus_master_off=[(0, delay)])
+    (record,) = r["records"]
+    assert r["failed"] == 1
+    waited = r["first_data"] - record.cycle
+    assert timeout <= waited <= timeout * 3 // 2 + 8, waited
 
 
 def test_large_slots_and_few_tags():

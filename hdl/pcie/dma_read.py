@@ -31,6 +31,7 @@ _LANES = BYTES_PER_BEAT
 _CPL_TYPE = spec.TlpFmtType.CPL & 0x1F           # Cpl and CplD share it; Fmt says data
 _MAX_TAGS = 1 << spec.PCIE_TAG_BITS
 _MIN_SLOT_BYTES = 16
+_TICKS_PER_TIMEOUT = 4            # timestamp ticks in a Completion Timeout, at least
 
 
 class DmaReader(wiring.Component):
@@ -64,7 +65,8 @@ class DmaReader(wiring.Component):
         slot_bytes:     the largest sub-request, a power of two from 16 to
                         4096; the reorder RAM is ``tags * slot_bytes`` bytes.
         timeout_cycles: Completion Timeout (section 2.8): a sub-request still
-                        waiting this long after it was sent fails.
+                        waiting this long after it was sent fails (within
+                        half a timeout more: see below).
 
     Splitting (sections 2.2.7, 7.5.3.4): sub-requests end at boundaries of
     ``min(128 << mrrs, slot_bytes)`` bytes, so they never cross 4 KiB nor
@@ -75,7 +77,9 @@ class DmaReader(wiring.Component):
     modulo ``tags``. A completion must match a waiting slot's full tag, so a
     late completion for a timed-out sub-request is dropped unless 32
     sub-requests have gone out since (and then it must still match the new
-    request's Byte Count and Lower Address to be taken).
+    request's Byte Count and Lower Address to be taken). The full tag is not
+    stored: a waiting slot's sequence number is the one from the drain
+    pointer on with the slot's low bits.
 
     Completions (sections 2.2.9, 2.3.1.1, 2.3.2): a completion is taken when
     its tag is waiting, its status is Successful Completion, it is not
@@ -87,13 +91,22 @@ class DmaReader(wiring.Component):
     any other check (UR, CA, CRS, EP, inconsistent counts, a payload shorter
     or longer than its Length) fails the sub-request: its read still delivers
     all its DWs (as zeros) with ``error`` on the last. A completion for a tag
-    that is not waiting is dropped.
+    that is not waiting is dropped. The checks run on narrowed values: a
+    Length above ``slot_bytes / 4`` DWs or a Byte Count above ``slot_bytes``
+    (more than any sub-request) is flagged and fails; where the bytes still
+    expected start is kept per tag as the request's first lane until a
+    partial completion is taken, then as the DW after its payload (a
+    partial completion's bytes run to the end of its last DW: it ends on a
+    Read Completion Boundary, section 2.3.1.1).
 
     Completion Timeout: the sub-request at the head of the ring is checked
     against its issue time; a sub-request behind it is checked once it gets
-    to the head (its time is kept modulo twice the timeout, so one that
-    waited behind a stalled client for longer may get up to one extra
-    timeout). No completion is pending for ever: the reader never hangs.
+    to the head. Times are kept in ticks of at most a quarter timeout (the
+    top bits of a free-running counter), so a sub-request fails between
+    ``timeout_cycles`` and 1.5 times that after it was sent; and modulo at
+    least twice the timeout, so one that waited behind a stalled client for
+    longer than that may get up to one extra timeout. No completion is
+    pending for ever: the reader never hangs.
     """
 
     def __init__(self, *, tags=8, slot_bytes=256, timeout_cycles=125_000, tag_space=(0, 0)):
@@ -130,9 +143,12 @@ class DmaReader(wiring.Component):
         slot_dw = slot_bytes // DW_BYTES
         slot_bits = (tags - 1).bit_length()
         seq_bits = spec.PCIE_TAG_BITS + 1           # ring pointers: the tag and a wrap bit
-        ts_bits = self.timeout_cycles.bit_length() + 1
         sub_len_shape = unsigned(slot_bytes.bit_length())   # 0 to slot_bytes
-        byte_count_shape = unsigned(spec.PCIE_BYTE_COUNT_BITS + 1)
+        # A sub-request ends on a boundary of at least 128 bytes, so its bytes
+        # from its first DW's lane 0 (`end`, lane + length) never pass the
+        # slot: ``1 <= end <= slot_bytes``, and it spans ``ceil(end / 4)`` DWs.
+        slot_dw_shape = unsigned(max((slot_dw - 1).bit_length(), 1))   # a DW of the slot
+        lower_dw_bits = spec.PCIE_LOWER_ADDRESS_BITS - LANE_BITS
 
         def slot_of(seq):
             return seq[:slot_bits]
@@ -147,31 +163,52 @@ class DmaReader(wiring.Component):
             return Cat(seq[:seq_tag_bits], Const(space, space_bits)) if space_bits \
                 else seq[:spec.PCIE_TAG_BITS]
 
+        # Completion Timeout clock: a free-running cycle counter; its top bits
+        # count ticks of 2**tick_bits cycles (at most a quarter of the timeout)
+        # and are the sub-requests' timestamps.
+        tick_bits = max((self.timeout_cycles // _TICKS_PER_TIMEOUT).bit_length() - 1, 0)
+        # ticks of age that guarantee timeout_cycles whatever the phase of the
+        # issue within its tick
+        timeout_ticks = -(-self.timeout_cycles >> tick_bits) + (1 if tick_bits else 0)
+        stamp_bits = (2 * timeout_ticks - 1).bit_length()   # ages modulo >= two timeouts
+        now = Signal(tick_bits + stamp_bits)
+        m.d.sync += now.eq(now + 1)
+        stamp = now[tick_bits:]
+
         # --- per-tag state --------------------------------------------------
-        # Fixed when the sub-request is sent: a small RAM (LUT RAM).
-        tag_info = data.StructLayout({
-            "addr_lo": unsigned(spec.PCIE_LOWER_ADDRESS_BITS),  # start address bits 6:0
-            "sub_len": sub_len_shape,                           # bytes, 1 to slot_bytes
-            "last": unsigned(1),                                # ends its read
-            "tag": unsigned(spec.PCIE_TAG_BITS),
-            "sent_at": unsigned(ts_bits),
+        # Fixed when the sub-request is sent: two small RAMs (LUT RAM), one
+        # for each reader, holding only what that reader needs.
+        head_layout = data.StructLayout({           # the drain and the timeout
+            "first_lane": unsigned(LANE_BITS),      # start address bits 1:0
+            "end_lane": unsigned(LANE_BITS),        # lane of the last byte
+            "last_dw": slot_dw_shape,               # DWs - 1
+            "last": unsigned(1),                    # ends its read
+            "sent_at": unsigned(stamp_bits),
         })
-        m.submodules.info = info = Memory(shape=tag_info, depth=tags, init=[])
-        info_w = info.write_port()
-        info_head = info.read_port(domain="comb")   # the ring's head: drain, timeout
-        info_cpl = info.read_port(domain="comb")    # the slot a completion names
-        # Changed by completions: registers.
+        cpl_layout = data.StructLayout({            # the completion checks
+            "addr_lo": unsigned(spec.PCIE_LOWER_ADDRESS_BITS),  # start address bits 6:0
+            "end": sub_len_shape,                   # bytes from the first DW's lane 0
+        })
+        m.submodules.info_head = info_head_mem = Memory(shape=head_layout, depth=tags, init=[])
+        m.submodules.info_cpl = info_cpl_mem = Memory(shape=cpl_layout, depth=tags, init=[])
+        head_w = info_head_mem.write_port()
+        cpl_w = info_cpl_mem.write_port()
+        info_head = info_head_mem.read_port(domain="comb")
+        info_cpl = info_cpl_mem.read_port(domain="comb")
+        # Changed by completions: a bit each in registers, and where a
+        # partial completion left off (its next DW) in LUT RAM, valid once
+        # `fresh` is clear.
         waiting = Signal(tags)                      # sent; final completion not in yet
         failed = Signal(tags)
-        remaining = [Signal(sub_len_shape, name=f"remaining_{n}") for n in range(tags)]
+        fresh = Signal(tags)                        # no completion taken yet
+        m.submodules.next_dw = next_dw_mem = Memory(shape=slot_dw_shape, depth=tags, init=[])
+        next_dw_w = next_dw_mem.write_port()
+        next_dw_r = next_dw_mem.read_port(domain="comb")
 
         wr_seq = Signal(seq_bits)                   # the next sub-request's tag
         rd_seq = Signal(seq_bits)                   # the oldest tag not yet drained
         in_flight = Signal(seq_bits)
         m.d.comb += in_flight.eq(wr_seq - rd_seq)
-
-        now = Signal(ts_bits)                       # free-running, for the timeout
-        m.d.sync += now.eq(now + 1)
 
         # The reorder RAM: a slot of slot_dw DWs per tag (block RAM).
         m.submodules.slots = slots = Memory(shape=32, depth=tags * slot_dw, init=[])
@@ -182,23 +219,20 @@ class DmaReader(wiring.Component):
         # `issue` a free one, `apply` a waiting one, `expire` the head, and
         # `expire` waits while a completion is being taken).
         issue = Signal()
-        issue_len = Signal(sub_len_shape)
         apply = Signal()
         apply_slot = Signal(max(slot_bits, 1))
         apply_fail = Signal()
         apply_final = Signal()
-        apply_remaining = Signal(sub_len_shape)
         expire = Signal()
         for n in range(tags):
             with m.If(issue & (slot_of(wr_seq) == n)):
-                m.d.sync += [waiting[n].eq(1), failed[n].eq(0), remaining[n].eq(issue_len)]
+                m.d.sync += [waiting[n].eq(1), failed[n].eq(0), fresh[n].eq(1)]
             with m.If(apply & (apply_slot[:slot_bits] == n)):
+                m.d.sync += fresh[n].eq(0)
                 with m.If(apply_fail):
                     m.d.sync += [waiting[n].eq(0), failed[n].eq(1)]
                 with m.Elif(apply_final):
                     m.d.sync += waiting[n].eq(0)
-                with m.Else():
-                    m.d.sync += remaining[n].eq(apply_remaining)
             with m.If(expire & (slot_of(rd_seq) == n)):
                 m.d.sync += [waiting[n].eq(0), failed[n].eq(1)]
 
@@ -206,11 +240,16 @@ class DmaReader(wiring.Component):
         req, tlp = self.client.req, self.tlp
         addr = Signal(64)
         left = Signal(16)                           # bytes of the read not yet requested
+        # `left`, narrowed for the size choice: any value past the largest
+        # sub-request reads as "more than a sub-request"
+        left_bits = sub_len_shape.width
+        left_many = Signal()
+        m.d.comb += left_many.eq(left[left_bits:] != 0)
         # the next sub-request's size, fixed before its header goes out
         sub_len = Signal(sub_len_shape)
-        next_len = chunk_bytes(m, addr, left, self.mrrs, slot_bytes)
+        next_len = chunk_bytes(m, addr, Cat(left[:left_bits], left_many), self.mrrs, slot_bytes)
         lo = addr[:LANE_BITS]
-        end = Signal(range(slot_bytes + _LANES))    # bytes from the first DW's lane 0
+        end = Signal(sub_len_shape)                 # bytes from the first DW's lane 0
         m.d.comb += end.eq(lo + sub_len)
         length_dw = Signal(range(MAX_LENGTH_DW + 1))
         m.d.comb += length_dw.eq(ceil_dw(end))
@@ -222,16 +261,19 @@ class DmaReader(wiring.Component):
                                tag=tag_of(wr_seq),
                                first_be=first_be, last_be=last_be)
         index = Signal(HEADER_INDEX_BITS)
-        final = left == sub_len
+        final = ~left_many & (left[:left_bits] == sub_len)
         m.d.comb += [
-            issue_len.eq(sub_len),
-            info_w.addr.eq(slot_of(wr_seq)),
-            info_w.data.addr_lo.eq(addr[:spec.PCIE_LOWER_ADDRESS_BITS]),
-            info_w.data.sub_len.eq(sub_len),
-            info_w.data.last.eq(final),
-            info_w.data.tag.eq(tag_of(wr_seq)),
-            info_w.data.sent_at.eq(now),
-            info_w.en.eq(issue),
+            head_w.addr.eq(slot_of(wr_seq)),
+            head_w.data.first_lane.eq(lo),
+            head_w.data.end_lane.eq(end_lane),
+            head_w.data.last_dw.eq(length_dw - 1),
+            head_w.data.last.eq(final),
+            head_w.data.sent_at.eq(stamp),
+            head_w.en.eq(issue),
+            cpl_w.addr.eq(slot_of(wr_seq)),
+            cpl_w.data.addr_lo.eq(addr[:spec.PCIE_LOWER_ADDRESS_BITS]),
+            cpl_w.data.end.eq(end),
+            cpl_w.en.eq(issue),
         ]
 
         with m.FSM(name="read_request"):
@@ -275,72 +317,103 @@ class DmaReader(wiring.Component):
         is_cpl = Signal()
         has_data = Signal()
         poisoned = Signal()
-        cpl_dws = Signal(range(MAX_LENGTH_DW + 1))
         status = Signal(3)
-        byte_count = Signal(byte_count_shape)
+        # Length and Byte Count, narrowed to what a sub-request can take; a
+        # larger value sets a flag and fails the checks (a taken completion
+        # has at most slot_dw DWs and slot_bytes bytes).
+        cpl_dws = Signal(range(slot_dw + 1))
+        cpl_long = Signal()
+        byte_count = Signal(sub_len_shape)
+        byte_count_over = Signal()
 
         # Checks on the third header DW, against the slot its tag names.
         tag_slot = in_dw2.tag[:slot_bits]
-        m.d.comb += info_cpl.addr.eq(tag_slot)
+        m.d.comb += [info_cpl.addr.eq(tag_slot), next_dw_r.addr.eq(tag_slot)]
         entry = info_cpl.data
         slot_waiting = Signal()
-        slot_remaining = Signal(sub_len_shape)
+        slot_fresh = Signal()
         for n in range(tags):
             with m.If(tag_slot == n):
-                m.d.comb += [slot_waiting.eq(waiting[n]), slot_remaining.eq(remaining[n])]
+                m.d.comb += [slot_waiting.eq(waiting[n]), slot_fresh.eq(fresh[n])]
+        # A waiting slot holds one of the `tags` sequence numbers from rd_seq
+        # on: the one whose low bits are the slot, so the tag bits above the
+        # slot are rd_seq's, plus one if the slot is below rd_seq's.
+        seq_hi = Signal(seq_tag_bits - slot_bits)
+        m.d.comb += seq_hi.eq(rd_seq[slot_bits:seq_tag_bits]
+                              + (tag_slot < slot_of(rd_seq)))
+        tag_matches = Signal()
+        m.d.comb += tag_matches.eq((in_dw2.tag[slot_bits:seq_tag_bits] == seq_hi)
+                                   & (in_dw2.tag[seq_tag_bits:] == space))
         ours = Signal()                             # a completion for a waiting tag
-        m.d.comb += ours.eq(is_cpl & (in_dw2.tag[spec.PCIE_TAG_BITS:] == 0)
-                            & (entry.tag == in_dw2.tag[:spec.PCIE_TAG_BITS]) & slot_waiting)
+        m.d.comb += ours.eq(is_cpl & tag_matches & slot_waiting)
         lane = in_dw2.lower_address[:LANE_BITS]
-        covered = Signal(range(MAX_LENGTH_DW * DW_BYTES + 1))   # payload bytes from `lane`
-        m.d.comb += covered.eq(cpl_dws * DW_BYTES - lane)
-        cpl_final = Signal()
-        m.d.comb += cpl_final.eq(byte_count <= covered)
         # offset of the completion's first byte from the slot's DW 0 (2.3.1.1:
-        # Byte Count is what is left of the request, this completion included)
-        offset = Signal(range(slot_bytes + _LANES))
-        m.d.comb += offset.eq(entry.addr_lo[:LANE_BITS] + entry.sub_len - byte_count)
+        # Byte Count is what is left of the request, this completion included).
+        # Modulo twice slot_bytes: a Byte Count past `end` makes it wrap to
+        # above slot_bytes, where no expected start lies.
+        offset = Signal(sub_len_shape)
+        m.d.comb += offset.eq(entry.end - byte_count)
+        # where the bytes still expected start: the request's first byte, or
+        # the DW after the last completion taken
+        expected = Signal(sub_len_shape)
+        m.d.comb += expected.eq(Mux(slot_fresh, entry.addr_lo[:LANE_BITS],
+                                    next_dw_r.data << LANE_BITS))
         expected_lower = Signal(spec.PCIE_LOWER_ADDRESS_BITS)
-        m.d.comb += expected_lower.eq(entry.addr_lo + entry.sub_len - byte_count)
+        m.d.comb += expected_lower.eq(Cat(offset[:LANE_BITS],
+                                          entry.addr_lo[LANE_BITS:] + offset[LANE_BITS:]))
+        # DWs from `lane` to the request's end: a final completion has exactly
+        # these, a partial one fewer (2.3.1.1)
+        tail_dws = Signal(range(slot_dw + 2))
+        m.d.comb += tail_dws.eq(ceil_dw(lane + byte_count))
+        cpl_final = Signal()
+        m.d.comb += cpl_final.eq(cpl_dws == tail_dws)
         consistent = Signal()
         m.d.comb += consistent.eq(
-            (byte_count == slot_remaining)
+            ~byte_count_over & ~cpl_long
+            & (offset == expected)
             & (in_dw2.lower_address == expected_lower)
-            & (~cpl_final | (cpl_dws == ceil_dw(lane + byte_count))))
+            & (cpl_dws <= tail_dws))
         good = Signal()
         m.d.comb += good.eq(has_data & ~poisoned & (status == spec.CplStatus.SC) & consistent)
 
         taking = Signal()                           # this completion's payload goes in its slot
         failing = Signal()                          # this completion fails its sub-request
         final_q = Signal()
-        remaining_q = Signal(sub_len_shape)
         slot_q = Signal(max(slot_bits, 1))
-        dst_dw = Signal(range(slot_dw))             # next payload DW's place in the slot
-        received = Signal(range(MAX_LENGTH_DW + 1))
+        dst_dw = Signal(slot_dw_shape)              # next payload DW's place in the slot
+        dws_left = Signal.like(cpl_dws)             # payload DWs still due (taken completion)
         m.d.comb += [
             slot_w.addr.eq(Cat(dst_dw, slot_q[:slot_bits])),
             slot_w.data.eq(cpl.payload.data),
             apply_final.eq(final_q),
-            apply_remaining.eq(remaining_q),
+            # a partial completion ends on a DW boundary: the next one
+            # starts at the DW after it
+            next_dw_w.addr.eq(apply_slot[:slot_bits]),
+            next_dw_w.data.eq(dst_dw + 1),
+            next_dw_w.en.eq(apply),
         ]
 
         m.d.sync += [self.received_ur.eq(0), self.received_ca.eq(0)]     # pulses
         with m.FSM(name="read_completion") as cpl_fsm:
             with m.State("HEADER_DW0"):
                 with m.If(cpl.valid & cpl.payload.first & ~cpl.payload.last):
+                    length = Mux(in_dw0.length == 0, MAX_LENGTH_DW, in_dw0.length)
                     m.d.sync += [
                         is_cpl.eq(in_dw0.type == _CPL_TYPE),
                         has_data.eq(in_dw0.fmt == spec.TlpFmt.DW3_DATA),
                         poisoned.eq(in_dw0.ep),
-                        cpl_dws.eq(Mux(in_dw0.length == 0, MAX_LENGTH_DW, in_dw0.length)),
+                        cpl_dws.eq(length),
+                        cpl_long.eq(length > slot_dw),
                     ]
                     m.next = "HEADER_DW1"
             with m.State("HEADER_DW1"):
                 with m.If(cpl.valid):
+                    count = Mux(in_dw1.byte_count == 0,
+                                1 << spec.PCIE_BYTE_COUNT_BITS, in_dw1.byte_count)
                     m.d.sync += [
                         status.eq(in_dw1.status),
-                        byte_count.eq(Mux(in_dw1.byte_count == 0,
-                                          1 << spec.PCIE_BYTE_COUNT_BITS, in_dw1.byte_count)),
+                        byte_count.eq(count),
+                        byte_count_over.eq(count > slot_bytes),
                     ]
                     m.next = "HEADER_DW2"
                     with m.If(cpl.payload.last):             # malformed: too short
@@ -353,10 +426,9 @@ class DmaReader(wiring.Component):
                         self.received_ur.eq(ours & (status == spec.CplStatus.UR)),
                         self.received_ca.eq(ours & (status == spec.CplStatus.CA)),
                         final_q.eq(cpl_final),
-                        remaining_q.eq(byte_count - covered),
                         slot_q.eq(tag_slot),
                         dst_dw.eq(offset >> LANE_BITS),
-                        received.eq(0),
+                        dws_left.eq(cpl_dws),
                     ]
                     with m.If(cpl.payload.last):
                         # no payload: an error status (or a CplD cut short) ends
@@ -368,12 +440,13 @@ class DmaReader(wiring.Component):
                         m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 with m.If(cpl.valid):
-                    with m.If(taking & (received < cpl_dws)):
-                        m.d.comb += slot_w.en.eq(1)
-                        m.d.sync += dst_dw.eq(dst_dw + 1)
-                    m.d.sync += received.eq(received + 1)
+                    with m.If(dws_left != 0):
+                        m.d.sync += dws_left.eq(dws_left - 1)
+                        with m.If(taking):
+                            m.d.comb += slot_w.en.eq(1)
+                            m.d.sync += dst_dw.eq(dst_dw + 1)
                     with m.If(cpl.payload.last):
-                        whole = received + 1 == cpl_dws
+                        whole = dws_left == 1               # as many DWs as Length
                         m.d.comb += [
                             apply.eq(taking | failing),
                             apply_fail.eq(failing | ~whole),
@@ -386,13 +459,6 @@ class DmaReader(wiring.Component):
         head = slot_of(rd_seq)
         m.d.comb += info_head.addr.eq(head)
         head_info = info_head.data
-        head_lo = head_info.addr_lo[:LANE_BITS]
-        head_end = Signal(range(slot_bytes + _LANES))
-        m.d.comb += head_end.eq(head_lo + head_info.sub_len)
-        head_dws = Signal(range(slot_dw + 1))
-        m.d.comb += head_dws.eq(ceil_dw(head_end))
-        head_end_lane = Signal(LANE_BITS)
-        m.d.comb += head_end_lane.eq(head_end - 1)
         head_busy = rd_seq != wr_seq
         head_waiting = Signal()
         head_failed = Signal()
@@ -400,18 +466,18 @@ class DmaReader(wiring.Component):
             with m.If(head == n):
                 m.d.comb += [head_waiting.eq(waiting[n]), head_failed.eq(failed[n])]
 
-        # Completion Timeout (section 2.8), checked at the head
-        age = Signal(ts_bits)
+        # Completion Timeout (section 2.8), checked at the head, in ticks
+        age = Signal(stamp_bits)
         m.d.comb += [
-            age.eq(now - head_info.sent_at),
-            expire.eq(head_busy & head_waiting & (age >= self.timeout_cycles) & cpl_idle),
+            age.eq(stamp - head_info.sent_at),
+            expire.eq(head_busy & head_waiting & (age >= timeout_ticks) & cpl_idle),
         ]
 
-        read_dw = Signal(range(slot_dw))
+        read_dw = Signal(slot_dw_shape)
         first_dw = read_dw == 0
-        last_dw = read_dw == head_dws - 1
-        first_lane = Mux(first_dw, head_lo, 0)
-        last_lane = Mux(last_dw, head_end_lane, _LANES - 1)
+        last_dw = read_dw == head_info.last_dw
+        first_lane = Mux(first_dw, head_info.first_lane, 0)
+        last_lane = Mux(last_dw, head_info.end_lane, _LANES - 1)
         keep = Signal(_LANES)
         with m.Switch(Cat(first_lane, last_lane)):
             for lo_lane in range(_LANES):
