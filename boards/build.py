@@ -16,6 +16,11 @@ Two entry points:
 `synth_pcie`
     The same for the PCIe side (`boards.pcie.BoardPcieLink`: DCU, soft link,
     TLP crossings), its pads as top-level ports.
+`synth_blocks`
+    The core synthesised with its hierarchy kept (``synth_ecp5 -noflatten``):
+    cells per block, largest first, to see what costs what. Only a guide:
+    flattening lets ABC optimise across blocks, so the sum differs a little
+    from `synth_core`'s count. ``python -m boards.build --blocks``.
 
 Timing: every clock domain of `VersaTop.clock_frequencies` (``sync``, the
 core, 70 MHz; ``eth_tx`` and ``eth_rx``, the MAC's GMII sides, 125 MHz;
@@ -98,6 +103,9 @@ FF_MIN_RATIO = 0.98
 LUT_MIN_RATIO = 0.80
 #: Cells of one CCU2C carry cell counted as LUT4s (it packs two LUT4 + carry).
 LUTS_PER_CCU2C = 2
+# A rough weight for ranking blocks (`synth_blocks`): a DPR16X4 takes a
+# slice's two LUTs as RAM plus the write-port logic of the slices around it.
+LUTS_PER_DPR16X4 = 6
 #: Hard blocks: the board build must have at least the core's count.
 HARD_BLOCKS = ("DP16KD", "TRELLIS_DPR16X4", "MULT18X18D", "ALU54B")
 
@@ -227,9 +235,11 @@ def _synth_core(params, out_dir, progress):
     return _synth_alone(core, CORE_NAME, None, out_dir, progress)
 
 
-def _synth_alone(elaboratable, name, ports, out_dir, progress):
+def _synth_alone(elaboratable, name, ports, out_dir, progress, *, flatten=True):
     """``synth_ecp5`` of one design with ``ports`` (default: its signature) as
-    top-level I/O. Returns ``(cells, {"<name>_elaborate": s, "<name>_yosys": s})``."""
+    top-level I/O. Returns ``(cells, {"<name>_elaborate": s, "<name>_yosys": s})``;
+    without ``flatten``, ``cells`` is ``{module: {cell_type: count}}``, a module
+    per block, named by its path in the hierarchy."""
     from amaranth.back import rtlil
 
     out = Path(out_dir)
@@ -242,15 +252,53 @@ def _synth_alone(elaboratable, name, ports, out_dir, progress):
     stat_file = f"{name}.stat.json"
     (out / f"{name}.ys").write_text("\n".join([
         f"read_rtlil {name}.il",
-        f"synth_ecp5 -top {name}",
+        f"synth_ecp5 -top {name}" + ("" if flatten else " -noflatten"),
         f"tee -q -o {stat_file} stat -json",
         "",
     ]))
     env = toolchain_env()
     argv = [env["YOSYS"], "-q", "-l", f"{name}.rpt", f"{name}.ys"]
     yosys_s = _run_step(argv, out, env, "yosys.log", progress, tool_log=f"{name}.rpt")
-    return (_cell_counts(out / stat_file, name),
+    if flatten:
+        cells = _cell_counts(out / stat_file, name)
+    else:
+        modules = json.loads((out / stat_file).read_text())["modules"]
+        cells = {module.lstrip("\\"): _cell_counts(out / stat_file, module) for module in modules}
+    return (cells,
             {f"{name}_elaborate": round(elaborate_s, 1), f"{name}_yosys": round(yosys_s, 1)})
+
+
+def block_weight(cells):
+    """LUT-equivalents for ranking blocks: LUT4 + 2 per CCU2C + 6 per DPR16X4."""
+    return _lut_equivalents(cells) + LUTS_PER_DPR16X4 * cells.get("TRELLIS_DPR16X4", 0)
+
+
+def synth_blocks(elaboratable=None, name=CORE_NAME, out_dir="build/blocks", progress=print,
+                 ports=None):
+    """Synthesise ``elaboratable`` (default: the default core) with its hierarchy
+    kept; return ``[(block, cells)]``, the largest first (`block_weight`), a
+    block's cells its own, not its sub-blocks'. The top's own cells are
+    ``name``; a sub-block's name is its path below the top (``engine.tx_engine``)."""
+    if elaboratable is None:
+        elaboratable = load_core_module().VirtioNetCore(_core_params(None))
+    modules, _ = _synth_alone(elaboratable, name, ports, out_dir, progress, flatten=False)
+    prefix = name + "."
+    blocks = [(module[len(prefix):] if module.startswith(prefix) else module, cells)
+              for module, cells in modules.items()]
+    return sorted(blocks, key=lambda block: (-block_weight(block[1]), block[0]))
+
+
+def format_blocks(blocks, limit=None):
+    """A text table of `synth_blocks`' result."""
+    kinds = ("LUT4", "CCU2C", "TRELLIS_DPR16X4", "TRELLIS_FF", "DP16KD")
+    lines = [f"{'block':<36} {'LUT-eq':>7} " + " ".join(f"{k:>15}" for k in kinds)]
+    for block, cells in blocks[:limit]:
+        lines.append(f"{block:<36} {block_weight(cells):>7} "
+                     + " ".join(f"{cells.get(k, 0):>15}" for k in kinds))
+    total = _add_cells(*(cells for _, cells in blocks))
+    lines.append(f"{'total':<36} {block_weight(total):>7} "
+                 + " ".join(f"{total.get(k, 0):>15}" for k in kinds))
+    return "\n".join(lines)
 
 
 def synth_mac(max_frame=None, out_dir="build/mac", progress=print):
@@ -534,11 +582,20 @@ def main(argv=None):
     parser.add_argument("--out", default="build/versa", help="build directory (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=None, help="queue pairs (CoreParams.queue_pairs)")
     parser.add_argument("--no-check", action="store_true", help="skip the core-coverage check")
+    parser.add_argument("--blocks", action="store_true",
+                        help="no board build: synthesise the core with its hierarchy kept and "
+                             "print the cells of each block, largest first (about 2 min)")
     args = parser.parse_args(argv)
 
     params = load_core_module().CoreParams()
     if args.pairs is not None:
         params = dataclasses.replace(params, queue_pairs=args.pairs)
+    if args.blocks:
+        core = load_core_module().VirtioNetCore(params)
+        blocks = synth_blocks(core, out_dir=Path(args.out).parent / "blocks",
+                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        print(json.dumps(dict(blocks), indent=2) if args.json else format_blocks(blocks))
+        return 0
     # Progress goes to stderr so that --json output stays parseable.
     result = build(params, args.out, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                    check=not args.no_check)

@@ -5,6 +5,7 @@
                                                   a peer on the wire; capture in DIR
     virtio-net-fpga lspci -o FILE [--pairs N]     config space in `lspci -xxx` form
     virtio-net-fpga build [--json] [--out DIR]    bitstream for the ECP5 Versa
+    virtio-net-fpga build --blocks [--json]       the core's cells per block, largest first
     virtio-net-fpga bench [--json] [--quick] [--pairs 1,2,4]
                                                   throughput and latency in simulated time
 
@@ -169,6 +170,8 @@ def cmd_build(args):
         argv.append("--json")
     if args.pairs is not None:
         argv += ["--pairs", str(args.pairs)]
+    if args.blocks:
+        argv.append("--blocks")
     return build_main(argv)
 
 
@@ -297,6 +300,8 @@ def main(argv=None):
     build.add_argument("--json", action="store_true", help="print one JSON object")
     build.add_argument("--out", default="build/versa", help="build directory (default: %(default)s)")
     build.add_argument("--pairs", type=int, help="queue pairs (default 4)")
+    build.add_argument("--blocks", action="store_true",
+                       help="no board build: the core's cells per block, largest first (about 2 min)")
     build.set_defaults(func=cmd_build)
 
     from . import bench as bench_model

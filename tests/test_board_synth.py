@@ -14,12 +14,13 @@ from amaranth.build import ResourceError
 from amaranth.hdl import (ClockDomain, Elaboratable, Fragment, Module, ResetInserter,
                           ResetSignal, Signal)
 from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.sim import Simulator
 
 from boards.build import (FF_MIN_RATIO, LUT_MIN_RATIO, CoverageError, _clock_nets_by_bit,
-                          _parse_report, build, check_coverage, synth_core, synth_mac,
-                          synth_pcie)
+                          _parse_report, block_weight, build, check_coverage, format_blocks,
+                          synth_blocks, synth_core, synth_mac, synth_pcie)
 from boards.pcie import (BoardPcieLink, CoreResetControl, LinkCrossings,
                          TlpCrossing, free_pcie_pads)
 from boards.serdes import PCIE_DOMAIN, PCIE_RX_DOMAIN
@@ -116,6 +117,46 @@ def test_core_synth_nontrivial(tmp_path):
     cells = synth_core(None, tmp_path, progress=lambda _msg: None)
     assert cells.get("LUT4", 0) >= MIN_CORE_LUT4, cells
     assert cells.get("TRELLIS_FF", 0) > 0, cells
+
+
+class _Adder(wiring.Component):
+    def __init__(self, width):
+        super().__init__({"a": In(width), "b": In(width), "s": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.s.eq(self.a + self.b)
+        return m
+
+
+class _TwoAdders(wiring.Component):
+    """A 32-bit and an 8-bit adder, each a block; its own logic: an XOR."""
+    a: In(32)
+    b: In(32)
+    s: Out(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.wide = wide = _Adder(32)
+        m.submodules.narrow = narrow = _Adder(8)
+        m.d.comb += [wide.a.eq(self.a), wide.b.eq(self.b), narrow.a.eq(self.a[:8]),
+                     narrow.b.eq(self.b[8:16]), self.s.eq(wide.s ^ narrow.s)]
+        return m
+
+
+def test_blocks_are_counted_each_on_its_own_and_ranked(tmp_path):
+    blocks = synth_blocks(_TwoAdders(), name="pair", out_dir=tmp_path, progress=lambda _msg: None)
+    names = [block for block, _ in blocks]
+    assert set(names) == {"pair", "wide", "narrow"}, names
+    cells = dict(blocks)
+    # a 32-bit registered adder: 16 CCU2C and 32 flops; the 8-bit one a quarter
+    assert cells["wide"].get("CCU2C", 0) == 4 * cells["narrow"].get("CCU2C", 0) > 0, cells
+    assert cells["wide"]["TRELLIS_FF"] == 32 and cells["narrow"]["TRELLIS_FF"] == 8, cells
+    assert names.index("wide") < names.index("narrow")
+    assert [block_weight(c) for _, c in blocks] == sorted((block_weight(c) for _, c in blocks),
+                                                          reverse=True)
+    table = format_blocks(blocks)
+    assert table.splitlines()[1].split()[0] == names[0] and "total" in table
 
 
 def test_every_core_port_is_served():
