@@ -263,7 +263,11 @@ def _synth_alone(elaboratable, name, ports, out_dir, progress, *, flatten=True):
         cells = _cell_counts(out / stat_file, name)
     else:
         modules = json.loads((out / stat_file).read_text())["modules"]
-        cells = {module.lstrip("\\"): _cell_counts(out / stat_file, module) for module in modules}
+        # a block's own cells: not the instances of its sub-blocks
+        cells = {module.lstrip("\\"): {cell: count
+                                        for cell, count in _cell_counts(out / stat_file, module).items()
+                                        if "\\" + cell not in modules and cell not in modules}
+                 for module in modules}
     return (cells,
             {f"{name}_elaborate": round(elaborate_s, 1), f"{name}_yosys": round(yosys_s, 1)})
 

@@ -20,6 +20,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..lib.block_ram import BLOCK_RAM_ATTRS, BlockRamReadPort
 from ..lib.bytes import BYTES_PER_BEAT, ByteStreamSignature
 
 __all__ = ["DropReason", "PacketFifo", "Segment", "TAG_BITS"]
@@ -104,9 +105,12 @@ class PacketFifo(wiring.Component):
         m = Module()
         depth = self.depth
         ptr_bits = depth.bit_length()                 # one more than the address: full vs empty
-        m.submodules.ram = ram = Memory(shape=32, depth=depth, init=[])
+        # A read in the cycle of a write to the same DW is undefined
+        # (`BLOCK_RAM_ATTRS`) and never used: segments are read from whole
+        # frames only, and the writer writes past them.
+        m.submodules.ram = ram = Memory(shape=32, depth=depth, init=[], attrs=BLOCK_RAM_ATTRS)
         wr = ram.write_port()
-        rd = ram.read_port()
+        rd = BlockRamReadPort(m, ram)
         m.submodules.heads = heads = SyncFIFOBuffered(width=_Head.size, depth=FRAMES_IN_FLIGHT)
 
         # --- write side -----------------------------------------------------

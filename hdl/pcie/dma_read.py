@@ -18,6 +18,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .. import spec
+from ..lib.block_ram import BLOCK_RAM_ATTRS, BlockRamReadPort
 from ..lib.byte_packer import BytePacker, keep_mask
 from ..lib.bytes import BYTES_PER_BEAT
 from .dma import DmaReadSignature
@@ -211,9 +212,13 @@ class DmaReader(wiring.Component):
         m.d.comb += in_flight.eq(wr_seq - rd_seq)
 
         # The reorder RAM: a slot of slot_dw DWs per tag (block RAM).
-        m.submodules.slots = slots = Memory(shape=32, depth=tags * slot_dw, init=[])
+        # A read in the cycle of a write to the same DW is undefined
+        # (`BLOCK_RAM_ATTRS`) and never used: payload is written only to a
+        # waiting slot, and a slot drains once it is no longer waiting.
+        m.submodules.slots = slots = Memory(shape=32, depth=tags * slot_dw, init=[],
+                                            attrs=BLOCK_RAM_ATTRS)
         slot_w = slots.write_port()
-        slot_r = slots.read_port()
+        slot_r = BlockRamReadPort(m, slots, name="slot_r")
 
         # Slot updates, one source each a cycle (they never name the same slot:
         # `issue` a free one, `apply` a waiting one, `expire` the head, and

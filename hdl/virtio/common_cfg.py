@@ -29,6 +29,8 @@ from operator import or_
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
+
+from ..lib.block_ram import BLOCK_RAM_ATTRS, BlockRamReadPort
 from amaranth.lib.wiring import In, Out
 
 from .. import spec
@@ -183,15 +185,18 @@ class CommonConfig(wiring.Component):
         # moves a cycle after queue_select, so `shown` is the selected queue's
         # two cycles after a select, and a field written by the bus reads back
         # from the second cycle after the write (register accesses come far
-        # further apart: a TLP each).
+        # further apart: a TLP each). A read in the cycle its row is written
+        # is undefined (`BLOCK_RAM_ATTRS`) and never used: a row is written
+        # only while its queue is disabled (no engine serves it) or all are
+        # (the clearing after reset), and the bus reads it back later.
         table = Memory(shape=row_bits, depth=nq, init=[settings_init] * nq,
-                       attrs={"ram_style": "block"})
+                       attrs=BLOCK_RAM_ATTRS)
         m.submodules.settings = table
         write = table.write_port(granularity=_BYTE_BITS)
-        for port in self.settings:
-            engine_read = table.read_port()
+        for n, port in enumerate(self.settings):
+            engine_read = BlockRamReadPort(m, table, name=f"engine_read{n}")
             m.d.comb += [engine_read.addr.eq(port.queue), port.settings.eq(engine_read.data)]
-        bus_read = table.read_port()
+        bus_read = BlockRamReadPort(m, table, name="bus_read")
         shown = QueueSettings(bus_read.data)              # the selected queue's settings
         m.d.comb += bus_read.addr.eq(row)
         clearing = Signal(init=1)           # also from power-up: init is for simulation only

@@ -58,6 +58,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .. import spec
+from ..lib.block_ram import BLOCK_RAM_ATTRS, BlockRamReadPort
 from ..lib.bytes import ByteStreamSignature
 from ..net.packet_fifo import Segment
 from ..pcie.dma import DmaReadSignature, DmaWriteSignature
@@ -318,11 +319,15 @@ class RingEngine(wiring.Component):
         # Block RAM (a DW column per DP16KD on ECP5): read synchronously, so a
         # descriptor's address goes out the cycle before its data is used.
         # The address is the chain's `desc_idx` unless the read-ahead asks.
+        # A read in the cycle of a write to the same entry is undefined
+        # (`BLOCK_RAM_ATTRS`) and never used: the engine fills a block in
+        # GET_DESC_BLOCK and reads it from the cycle after (READ_DESC), and
+        # read-ahead looks only while no block is being filled.
         m.submodules.desc_ram = desc_ram = Memory(shape=spec.VIRTQ_DESC_SIZE * 8,
                                                   depth=DESC_BLOCK * slots, init=[],
-                                                  attrs={"ram_style": "block"})
+                                                  attrs=BLOCK_RAM_ATTRS)
         desc_wr = desc_ram.write_port(granularity=32)
-        desc_rd = desc_ram.read_port()
+        desc_rd = BlockRamReadPort(m, desc_ram, name="desc_rd")
         dc_valid = Signal()
         dc_first = Signal(_IDX_BITS)         # index of the first cached descriptor
         dc_count = Signal(range(DESC_BLOCK + 1))
