@@ -149,3 +149,60 @@ def test_counters_wrap_at_32_bits():
         await bench.check_all(ctx)
 
     simulate(bench.dut, testbench)
+
+
+def dw_of(queue, stat):
+    return QUEUE_STATS_BASE_DW + QUEUE_STATS_DW * queue + stat
+
+
+def test_back_to_back_events_on_one_queue():
+    """Each event's row is read on the edge the previous event's sum is written
+    to it (block RAM: the read must be transparent); both tables at once."""
+    bench = Bench()
+    c = bench.counters
+
+    async def testbench(ctx):
+        await ctx.tick().repeat(NUM_QUEUES)
+        for length in (10, 20, 30, 40):
+            bench.set_event(ctx, c.rx, 4, 1, length, length == 20)
+            bench.set_event(ctx, c.tx, 3, 1, length + 1, 1)
+            bench.model.event(4, 1, length, length == 20, 0)
+            bench.model.event(3, 1, length + 1, 1, 1)
+            await ctx.tick()
+        await bench.check_all(ctx)
+
+    simulate(bench.dut, testbench)
+
+
+def test_read_as_the_row_is_written():
+    """A read counts the events up to the cycle before it, also when the row is
+    written on the read's edge; events meanwhile are all counted and r_data
+    holds until the next read."""
+    bench = Bench()
+    c = bench.counters
+    bus = c.bus
+
+    async def testbench(ctx):
+        await ctx.tick().repeat(NUM_QUEUES)
+        bench.set_event(ctx, c.tx, 5, 1, 100, 0)      # cycle t
+        bench.model.event(5, 1, 100, 0, 1)
+        ctx.set(bus.addr, dw_of(5, Q.BYTES))
+        ctx.set(bus.r_stb, 1)
+        await ctx.tick()                               # read in cycle t: before it
+        assert ctx.get(bus.r_data) == 0
+        bench.set_event(ctx, c.tx, 5, 1, 7, 0)         # cycle t + 1: t's is written
+        bench.model.event(5, 1, 7, 0, 1)
+        await ctx.tick()                               # read in t + 1: t's counted
+        assert ctx.get(bus.r_data) == 100
+        ctx.set(bus.r_stb, 0)
+        bench.set_event(ctx, c.tx, 5, 1, 1000, 0)      # rows written, no read
+        bench.model.event(5, 1, 1000, 0, 1)
+        await ctx.tick()
+        assert ctx.get(bus.r_data) == 100
+        ctx.set(bus.addr, dw_of(4, Q.PACKETS))         # not a read: r_stb is low
+        await bench.idle(ctx, 3)
+        assert ctx.get(bus.r_data) == 100              # held until the next read
+        assert await bench.read(ctx, dw_of(5, Q.BYTES)) == 1107
+        await bench.check_all(ctx)
+
+    simulate(bench.dut, testbench)

@@ -11,16 +11,23 @@ virtio-net): read-only 32-bit counters that wrap, cleared by device reset.
 Queue q is the virtqueue index: 2n is receiveq n, 2n+1 transmitq n. Packets
 and bytes are frames as on the wire (no virtio_net_hdr).
 
-The per-queue counters live in two LUT RAM tables, one for the receiveqs'
-events and one for the transmitqs', a row (packets, bytes, drops) per queue
-pair: an event is registered, then its row is read (asynchronously), added to
-and written back in one cycle, so an event the next cycle for the same queue
-sees the new row. Frames dropped before any queue took them (``rx_drop``)
-have a register of their own, added to queue 0's drops when read. The drop
-reasons are registers (several can pulse at once). After a device reset the
-tables are rewritten with zeros, a row a cycle (``(num_queues + 1) // 2``
-cycles); events in those cycles are not counted (the device is idle then:
-the driver has yet to set DRIVER_OK again).
+The per-queue counters live in two block RAM tables (DP16KD on ECP5; LUTs
+are the scarcer resource), one for the receiveqs' events and one for the
+transmitqs', a row (packets, bytes, drops) per queue pair, each with two
+synchronous read ports, both transparent to the table's write: an event is
+registered while its row is read, then added to and written back the next
+cycle, so an event the next cycle for the same queue reads the new row
+(yosys builds the transparency from a register of the written row and a
+mux, the block RAM's own read of a row being written being undefined). The
+bus reads a row on the edge of ``r_stb`` (the port's enable: ``r_data`` holds
+until the next read), so a read counts the events up to the cycle before it,
+as the registers below do. Frames dropped before any queue took them
+(``rx_drop``) have a register of their own, added to queue 0's drops when
+read. The drop reasons are registers (several can pulse at once). After a
+device reset the tables are rewritten with zeros, a row a cycle
+(``(num_queues + 1) // 2`` cycles); events in those cycles are not counted,
+but for one in the last of them (the device is idle then: the driver has
+yet to set DRIVER_OK again).
 """
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
@@ -90,14 +97,16 @@ class QueueCounters(wiring.Component):
         bus_stat = self.bus.addr[:(QUEUE_STATS_DW - 1).bit_length()]
         bus_queue_dw = (self.bus.addr >= QUEUE_STATS_BASE_DW) & (bus_q < nq)
 
-        read_words = []                      # (parity, the bus row's counters)
+        tables = []                          # the bus's read ports
         for parity, event in ((0, self.rx), (1, self.tx)):
-            table = Memory(shape=row_bits, depth=rows, init=[])
+            table = Memory(shape=row_bits, depth=rows, init=[], attrs={"ram_style": "block"})
             m.submodules[f"table{parity}"] = table
-            update = table.read_port(domain="comb")
-            shown = table.read_port(domain="comb")
             write = table.write_port()
-            # stage 1: the event, registered
+            # transparent: a row read on the edge it is written reads as written
+            # (back-to-back events on a queue; a bus read as its row is written)
+            update = table.read_port(transparent_for=[write])
+            shown = table.read_port(transparent_for=[write])
+            # stage 1: the event, registered, and its row read
             ev_row = Signal(range(max(rows, 2)), name=f"ev_row{parity}")
             ev_packet = Signal(name=f"ev_packet{parity}")
             ev_length = Signal(16, name=f"ev_length{parity}")
@@ -109,22 +118,24 @@ class QueueCounters(wiring.Component):
                 ev_length.eq(event.length),
                 ev_drop.eq(event.drop & ours & (event.queue < nq)),
             ]
-            # stage 2: read, add, write back
+            m.d.comb += update.addr.eq(event.queue[1:])
+            # stage 2: add, write back; while clearing, write 0 + 0 (the zeroing
+            # shares its LUT with the read's transparency)
+            row = Mux(clearing, 0, update.data)
+            count_packet = ev_packet & ~clearing
             def counter(stat, increment):
                 """The row's ``stat`` counter plus ``increment``, wrapping at 32 bits."""
-                total = update.data.word_select(stat, _COUNTER_BITS) + increment
+                total = row.word_select(stat, _COUNTER_BITS) + increment
                 return total[:_COUNTER_BITS]
-            new = Cat(counter(QueueStat.PACKETS, ev_packet),
-                      counter(QueueStat.BYTES, Mux(ev_packet, ev_length, 0)),
-                      counter(QueueStat.DROPS, ev_drop))
-            m.d.comb += update.addr.eq(ev_row)
-            with m.If(clearing):
-                m.d.comb += [write.addr.eq(clear_row), write.data.eq(0), write.en.eq(1)]
-            with m.Else():
-                m.d.comb += [write.addr.eq(ev_row), write.data.eq(new),
-                             write.en.eq(ev_packet | ev_drop)]
-            m.d.comb += shown.addr.eq(bus_q[1:])
-            read_words.append((parity, shown.data))
+            m.d.comb += [
+                write.addr.eq(Mux(clearing, clear_row, ev_row)),
+                write.data.eq(Cat(counter(QueueStat.PACKETS, count_packet),
+                                  counter(QueueStat.BYTES, Mux(count_packet, ev_length, 0)),
+                                  counter(QueueStat.DROPS, ev_drop & ~clearing))),
+                write.en.eq(clearing | ev_packet | ev_drop),
+            ]
+            m.d.comb += [shown.addr.eq(bus_q[1:]), shown.en.eq(self.bus.r_stb)]
+            tables.append(shown)
 
         m.d.sync += wire_drops.eq(wire_drops + self.rx_drop)
         for reason, counter in zip(DropCounter, by_reason):
@@ -132,21 +143,26 @@ class QueueCounters(wiring.Component):
                 m.d.sync += counter.eq(counter + 1)
 
         # --- the window -------------------------------------------------------
-        queue_word = Signal(_COUNTER_BITS)
-        for parity, words in read_words:
-            with m.If(bus_q[0] == parity):
-                with m.Switch(bus_stat):
-                    for stat in QueueStat:
-                        with m.Case(stat):
-                            m.d.comb += queue_word.eq(words.word_select(stat, _COUNTER_BITS))
-        # queue 0's drops include the frames dropped before steering
-        wire_share = Mux((bus_q == 0) & (bus_stat == QueueStat.DROPS), wire_drops, 0)
+        # r_data: the row read on the r_stb edge (held by the port's enable), plus
+        # ``extra``, latched then: a drop reason's counter or queue 0's drops
+        # before steering.
+        stat_q = Signal.like(bus_stat)
+        parity_q = Signal()
+        from_table = Signal()                # r_data includes the table's counter
+        extra = Signal(_COUNTER_BITS)
         with m.If(self.bus.r_stb):
-            m.d.sync += self.bus.r_data.eq(0)
-            with m.If(bus_queue_dw):
-                m.d.sync += self.bus.r_data.eq(queue_word + wire_share)
+            m.d.sync += [stat_q.eq(bus_stat), parity_q.eq(bus_q[0]), extra.eq(0),
+                         from_table.eq(bus_queue_dw & (bus_stat < len(QueueStat)))]
+            # queue 0's drops include the frames dropped before steering
+            with m.If(bus_queue_dw & (bus_q == 0) & (bus_stat == QueueStat.DROPS)):
+                m.d.sync += extra.eq(wire_drops)
             with m.Switch(self.bus.addr):
                 for reason, counter in zip(DropCounter, by_reason):
                     with m.Case(reason):
-                        m.d.sync += self.bus.r_data.eq(counter)
+                        m.d.sync += extra.eq(counter)
+        queue_word = Signal(_COUNTER_BITS)
+        for parity, shown in enumerate(tables):
+            with m.If(parity_q == parity):
+                m.d.comb += queue_word.eq(shown.data.word_select(stat_q, _COUNTER_BITS))
+        m.d.comb += self.bus.r_data.eq(Mux(from_table, queue_word, 0) + extra)
         return m
