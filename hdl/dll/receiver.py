@@ -41,7 +41,6 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..lib.block_ram import BLOCK_RAM_ATTRS, BlockRamReadPort
 from ..pcie.tlp import TlpStreamSignature
 from ..phy.link_packet import LinkPacketSignature
 from .dllp import SEQ_BITS
@@ -100,13 +99,9 @@ class TlpReceiver(wiring.Component):
         ptr_bits = addr_bits + 1                     # one more: full vs empty
         length_bits = ptr_bits
 
-        # A read in the cycle of a write to the same DW is undefined
-        # (`BLOCK_RAM_ATTRS`) and never used: only kept TLPs are read, and
-        # a TLP is kept cycles after its last DW is written.
-        m.submodules.buffer = buffer = Memory(shape=32, depth=depth, init=[],
-                                              attrs=BLOCK_RAM_ATTRS)
+        m.submodules.buffer = buffer = Memory(shape=32, depth=depth, init=[])
         wr = buffer.write_port()
-        rd = BlockRamReadPort(m, buffer, name="rd")
+        rd = buffer.read_port(domain="sync")
 
         record = data.StructLayout({"length": unsigned(length_bits),
                                     "credits": CreditRequest})

@@ -44,7 +44,6 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..lib.block_ram import BLOCK_RAM_ATTRS, BlockRamReadPort
 from ..pcie.tlp import TlpStreamSignature
 from ..phy.link_packet import LinkPacketSignature, PacketKind
 from .dllp import SEQ_BITS
@@ -126,14 +125,9 @@ class TlpTransmitter(wiring.Component):
         addr_bits = (depth - 1).bit_length()
         length_bits = _MAX_TLP_DWS.bit_length()
 
-        # A read in the cycle of a write to the same DW is undefined
-        # (`BLOCK_RAM_ATTRS`) and never used: the sender reads stored TLPs
-        # only, the writer writes past them (the read one past a TLP's end,
-        # in its last data step, is not used).
-        m.submodules.buffer = buffer = Memory(shape=32, depth=depth, init=[],
-                                              attrs=BLOCK_RAM_ATTRS)
+        m.submodules.buffer = buffer = Memory(shape=32, depth=depth, init=[])
         wr = buffer.write_port()
-        rd = BlockRamReadPort(m, buffer, name="rd")
+        rd = buffer.read_port(domain="sync")
 
         slot_layout = data.StructLayout({"start": unsigned(addr_bits),
                                          "length": unsigned(length_bits)})
