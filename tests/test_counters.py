@@ -122,7 +122,7 @@ def test_reset_clears_and_counting_goes_on():
         ctx.set(bench.reset, 1)
         await ctx.tick()
         ctx.set(bench.reset, 0)
-        await ctx.tick().repeat((NUM_QUEUES + 1) // 2)    # the documented sweep
+        await ctx.tick().repeat(c.clear_cycles)          # the documented sweep
         bench.model = Model()
         await bench.check_all(ctx)
         bench.set_event(ctx, c.rx, 2, 1, 64, 0)
@@ -203,6 +203,38 @@ def test_read_as_the_row_is_written():
         await bench.idle(ctx, 3)
         assert ctx.get(bus.r_data) == 100              # held until the next read
         assert await bench.read(ctx, dw_of(5, Q.BYTES)) == 1107
+        await bench.check_all(ctx)
+
+    simulate(bench.dut, testbench)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_reasons_read_while_they_pulse(seed):
+    """Drop reasons pulsing in any cycle, as often as every cycle, read
+    meanwhile: each read counts the pulses up to the cycle before it,
+    whichever reason's word the round robin is folding then."""
+    rng = random.Random(seed)
+    bench = Bench()
+    c = bench.counters
+    bus = c.bus
+
+    async def testbench(ctx):
+        await ctx.tick().repeat(c.clear_cycles)
+        expected = None
+        for cycle in range(600):
+            if expected is not None:
+                assert ctx.get(bus.r_data) == expected, cycle
+            reasons = (1 << len(DropCounter)) - 1 if cycle % 50 < 20 else rng.getrandbits(len(DropCounter))
+            ctx.set(c.reasons, reasons)
+            reading = rng.random() < 0.4
+            reason = rng.choice(list(DropCounter))
+            ctx.set(bus.addr, reason)
+            ctx.set(bus.r_stb, reading)
+            expected = bench.model.reason[reason] & MASK if reading else expected
+            for r in DropCounter:
+                bench.model.reason[r] += reasons >> r & 1
+            await ctx.tick()
+        ctx.set(bus.r_stb, 0)
         await bench.check_all(ctx)
 
     simulate(bench.dut, testbench)

@@ -21,13 +21,17 @@ cycle, so an event the next cycle for the same queue reads the new row
 mux, the block RAM's own read of a row being written being undefined). The
 bus reads a row on the edge of ``r_stb`` (the port's enable: ``r_data`` holds
 until the next read), so a read counts the events up to the cycle before it,
-as the registers below do. Frames dropped before any queue took them
+as the reasons' counts do. Frames dropped before any queue took them
 (``rx_drop``) have a register of their own, added to queue 0's drops when
-read. The drop reasons are registers (several can pulse at once). After a
-device reset the tables are rewritten with zeros, a row a cycle
-(``(num_queues + 1) // 2`` cycles); events in those cycles are not counted,
-but for one in the last of them (the device is idle then: the driver has
-yet to set DRIVER_OK again).
+read. The drop reasons (several can pulse at once) have a word each in a
+LUT RAM and a count each of the pulses not in it yet; a round robin adds one
+reason's count to its word each cycle (every word in ``REASON_SLOTS``
+cycles), and a read adds the count to the word. After a device reset every
+row and every reason's word is rewritten with zeros, a row and a word a
+cycle (`QueueCounters.clear_cycles`: ``max((num_queues + 1) // 2,
+REASON_SLOTS)``); events in those cycles are not counted, but for a queue
+event in the last of them (the device is idle then: the driver has yet to
+set DRIVER_OK again).
 """
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
@@ -43,6 +47,7 @@ STATS_ADDR_WIDTH = (spec.STATS_WINDOW_BYTES // 4 - 1).bit_length()
 QUEUE_STATS_BASE_DW = spec.STATS_QUEUE_BASE // 4
 QUEUE_STATS_DW = spec.STATS_QUEUE_STRIDE // 4
 _COUNTER_BITS = 32
+REASON_SLOTS = 1 << (len(spec.StatsDrop) - 1).bit_length()   # words of the reasons' RAM
 DropCounter = spec.StatsDrop
 QueueStat = spec.StatsQueue
 
@@ -76,19 +81,24 @@ class QueueCounters(wiring.Component):
             "reasons": In(len(DropCounter)),
         })
 
+    @property
+    def clear_cycles(self):
+        """Cycles after a reset in which the counters are zeroed (events not
+        counted): a row of the tables, and a reason's word, a cycle."""
+        return max((self.num_queues + 1) // 2, REASON_SLOTS)
+
     def elaborate(self, platform):
         m = Module()
         nq = self.num_queues
         rows = (nq + 1) // 2                 # a row per pair: queue q is row q // 2
         row_bits = len(QueueStat) * _COUNTER_BITS
-        by_reason = [Signal(_COUNTER_BITS, name=f"drop_{r.name.lower()}") for r in DropCounter]
         wire_drops = Signal(_COUNTER_BITS)   # receiveq 0's, before steering
 
         clearing = Signal(init=1)            # after (device) reset: zero the tables
-        clear_row = Signal(range(max(rows, 2)))
+        clear_row = Signal(range(self.clear_cycles))
         with m.If(clearing):
             m.d.sync += clear_row.eq(clear_row + 1)
-            with m.If(clear_row == rows - 1):
+            with m.If(clear_row == self.clear_cycles - 1):
                 m.d.sync += [clearing.eq(0), clear_row.eq(0)]
 
         # the bus's read: which queue row and which counter of it
@@ -128,41 +138,69 @@ class QueueCounters(wiring.Component):
                 total = row.word_select(stat, _COUNTER_BITS) + increment
                 return total[:_COUNTER_BITS]
             m.d.comb += [
-                write.addr.eq(Mux(clearing, clear_row, ev_row)),
+                write.addr.eq(Mux(clearing, clear_row[:len(ev_row)], ev_row)),
                 write.data.eq(Cat(counter(QueueStat.PACKETS, count_packet),
                                   counter(QueueStat.BYTES, Mux(count_packet, ev_length, 0)),
                                   counter(QueueStat.DROPS, ev_drop & ~clearing))),
-                write.en.eq(clearing | ev_packet | ev_drop),
+                write.en.eq(Mux(clearing, clear_row < rows, ev_packet | ev_drop)),
             ]
             m.d.comb += [shown.addr.eq(bus_q[1:]), shown.en.eq(self.bus.r_stb)]
             tables.append(shown)
 
         m.d.sync += wire_drops.eq(wire_drops + self.rx_drop)
-        for reason, counter in zip(DropCounter, by_reason):
-            with m.If(self.reasons[reason]):
-                m.d.sync += counter.eq(counter + 1)
+
+        # --- drops by reason ----------------------------------------------------
+        # A LUT RAM word per reason, and per reason a count of the pulses not
+        # in it yet; each cycle one reason's count (`turn`, round robin) is
+        # added to its word. A word's turn comes every REASON_SLOTS cycles,
+        # so a count never passes REASON_SLOTS. The clearing after reset
+        # lasts a round at least: every word is written with 0.
+        reason_ram = Memory(shape=_COUNTER_BITS, depth=REASON_SLOTS, init=[])
+        m.submodules.reasons = reason_ram
+        fold_read = reason_ram.read_port(domain="comb")
+        bus_read = reason_ram.read_port(domain="comb")
+        fold_write = reason_ram.write_port()
+        turn = Signal(range(REASON_SLOTS))
+        m.d.sync += turn.eq(turn + 1)
+        pending = [Signal(range(REASON_SLOTS + 1), name=f"pending_{r.name.lower()}")
+                   for r in DropCounter]
+        turn_pending = Signal(range(REASON_SLOTS + 1))
+        with m.Switch(turn):
+            for reason, count in zip(DropCounter, pending):
+                with m.Case(reason):
+                    m.d.comb += turn_pending.eq(count)
+        m.d.comb += [fold_read.addr.eq(turn), fold_write.addr.eq(turn), fold_write.en.eq(1),
+                     fold_write.data.eq(Mux(clearing, 0, fold_read.data + turn_pending))]
+        for reason, count in zip(DropCounter, pending):
+            pulse = self.reasons[reason] & ~clearing
+            with m.If(turn == reason):
+                m.d.sync += count.eq(pulse)
+            with m.Else():
+                m.d.sync += count.eq(count + pulse)
 
         # --- the window -------------------------------------------------------
-        # r_data: the row read on the r_stb edge (held by the port's enable), plus
-        # ``extra``, latched then: a drop reason's counter or queue 0's drops
-        # before steering.
+        # r_data: the row read on the r_stb edge (held by the port's enable),
+        # or a reason's pending count, plus ``extra``; both latched then:
+        # ``extra`` is a reason's word or queue 0's drops before steering.
         stat_q = Signal.like(bus_stat)
         parity_q = Signal()
         from_table = Signal()                # r_data includes the table's counter
         extra = Signal(_COUNTER_BITS)
+        small = Signal(range(REASON_SLOTS + 1))   # a reason's pending count
+        m.d.comb += bus_read.addr.eq(self.bus.addr[:len(bus_read.addr)])
         with m.If(self.bus.r_stb):
-            m.d.sync += [stat_q.eq(bus_stat), parity_q.eq(bus_q[0]), extra.eq(0),
+            m.d.sync += [stat_q.eq(bus_stat), parity_q.eq(bus_q[0]), extra.eq(0), small.eq(0),
                          from_table.eq(bus_queue_dw & (bus_stat < len(QueueStat)))]
             # queue 0's drops include the frames dropped before steering
             with m.If(bus_queue_dw & (bus_q == 0) & (bus_stat == QueueStat.DROPS)):
                 m.d.sync += extra.eq(wire_drops)
             with m.Switch(self.bus.addr):
-                for reason, counter in zip(DropCounter, by_reason):
+                for reason, count in zip(DropCounter, pending):
                     with m.Case(reason):
-                        m.d.sync += extra.eq(counter)
+                        m.d.sync += [extra.eq(bus_read.data), small.eq(count)]
         queue_word = Signal(_COUNTER_BITS)
         for parity, shown in enumerate(tables):
             with m.If(parity_q == parity):
                 m.d.comb += queue_word.eq(shown.data.word_select(stat_q, _COUNTER_BITS))
-        m.d.comb += self.bus.r_data.eq(Mux(from_table, queue_word, 0) + extra)
+        m.d.comb += self.bus.r_data.eq(Mux(from_table, queue_word, small) + extra)
         return m
