@@ -246,11 +246,11 @@ class RingEngine(wiring.Component):
         # wrap-around quickly (the driver has the matching option).
         #
         # A visit works on registers (`cur_last`, `cached`, ...: the fields
-        # of `state` below) loaded from the queue's row of a LUT RAM table in
-        # VISIT, and writes them back to that row in every other cycle, so a
-        # row is at most a cycle behind its registers and is whole again the
-        # cycle after the visit. No per-queue registers and no multiplexers
-        # over them: up to 16 queues fit the same LUT RAMs. After a
+        # of `state` below) loaded from the queue's row of a block RAM table
+        # in VISIT, and writes them back to that row in every other cycle, so
+        # a row is at most a cycle behind its registers and is whole again
+        # the cycle after the visit. No per-queue registers and no
+        # multiplexers over them, and no LUTs for the table. After a
         # (device) reset, CLEAR writes the registers' reset values to every
         # row. Whether a queue has work is a bit per queue (`work`), updated
         # with its row, for the scheduler, which looks at every queue at once.
@@ -340,10 +340,17 @@ class RingEngine(wiring.Component):
                  "dc_valid": dc_valid, "dc_first": dc_first, "dc_count": dc_count,
                  "dc_table": dc_table}
         row_layout = data.StructLayout({name: len(reg) for name, reg in state.items()})
-        m.submodules.state_ram = state_ram = Memory(shape=row_layout, depth=slots, init=[])
+        # Block RAM, read as a visit is chosen (the row of `target_r`, ready in
+        # VISIT). A read in the cycle of a write to the same row is undefined
+        # (`BLOCK_RAM_ATTRS`) and never used: the only write then is the
+        # write-back of `slot`, and a visit to `slot` again keeps the
+        # registers, which hold its state already (`same_queue`).
+        m.submodules.state_ram = state_ram = Memory(shape=row_layout, depth=slots, init=[],
+                                                    attrs=BLOCK_RAM_ATTRS)
         state_wr = state_ram.write_port()
-        state_rd = state_ram.read_port(domain="comb")
-        saved = state_rd.data                # the row of `slot`
+        state_rd = BlockRamReadPort(m, state_ram, name="state_rd")
+        saved = state_rd.data                # the row of the queue chosen for the visit
+        same_queue = Signal()                # the visit is to the queue of the registers
         work = Signal(slots)                 # per queue: avail entries not taken yet
 
         # --- chain state ----------------------------------------------------
@@ -508,7 +515,7 @@ class RingEngine(wiring.Component):
                     m.next = ctrl
 
         write_back = Signal()                # the registers belong to `slot`
-        m.d.comb += [state_rd.addr.eq(slot), state_wr.addr.eq(slot), state_wr.en.eq(write_back),
+        m.d.comb += [state_rd.addr.eq(target_r), state_wr.addr.eq(slot), state_wr.en.eq(write_back),
                      state_wr.data.eq(Cat(state[name] for name in row_layout.members))]
         with m.If(write_back):
             # cached heads not taken yet are avail entries past `last`, so
@@ -527,7 +534,7 @@ class RingEngine(wiring.Component):
                     # past the queue a visit starts on
                     m.d.comb += advance.eq(~pending_r | (target == target_r))
                 with m.If(pending_r):
-                    m.d.sync += [slot.eq(target_r), frame_bufs.eq(0)]
+                    m.d.sync += [slot.eq(target_r), frame_bufs.eq(0), same_queue.eq(target_r == slot)]
                     if not is_rx:
                         m.d.sync += on_ctrl.eq(target_r == ctrl_slot)
                     with m.Switch(target_r):
@@ -538,8 +545,9 @@ class RingEngine(wiring.Component):
 
             with m.State("VISIT"):
                 m.d.sync += visit_chains.eq(0)
-                m.d.sync += [reg.eq(saved[name]) for name, reg in state.items()]
-                m.d.sync += visit_used.eq(saved.used)
+                with m.If(~same_queue):
+                    m.d.sync += [reg.eq(saved[name]) for name, reg in state.items()]
+                m.d.sync += visit_used.eq(Mux(same_queue, cur_used, saved.used))
                 m.next = "VISIT_PLAN"
             with m.State("VISIT_PLAN"):
                 # the settings of `q` (set with `slot`), read the cycle after
