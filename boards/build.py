@@ -265,9 +265,10 @@ def _synth_alone(elaboratable, name, ports, out_dir, progress, *, flatten=True):
         modules = json.loads((out / stat_file).read_text())["modules"]
         # a block's own cells: not the instances of its sub-blocks
         cells = {module.lstrip("\\"): {cell: count
-                                        for cell, count in _cell_counts(out / stat_file, module).items()
-                                        if "\\" + cell not in modules and cell not in modules}
-                 for module in modules}
+                                        for cell, count in stat["num_cells_by_type"].items()
+                                        if not cell.startswith("$scopeinfo")
+                                        and "\\" + cell not in modules and cell not in modules}
+                 for module, stat in modules.items()}
     return (cells,
             {f"{name}_elaborate": round(elaborate_s, 1), f"{name}_yosys": round(yosys_s, 1)})
 
@@ -292,11 +293,11 @@ def synth_blocks(elaboratable=None, name=CORE_NAME, out_dir="build/blocks", prog
     return sorted(blocks, key=lambda block: (-block_weight(block[1]), block[0]))
 
 
-def format_blocks(blocks, limit=None):
+def format_blocks(blocks):
     """A text table of `synth_blocks`' result."""
     kinds = ("LUT4", "CCU2C", "TRELLIS_DPR16X4", "TRELLIS_FF", "DP16KD")
     lines = [f"{'block':<36} {'LUT-eq':>7} " + " ".join(f"{k:>15}" for k in kinds)]
-    for block, cells in blocks[:limit]:
+    for block, cells in blocks:
         lines.append(f"{block:<36} {block_weight(cells):>7} "
                      + " ".join(f"{cells.get(k, 0):>15}" for k in kinds))
     total = _add_cells(*(cells for _, cells in blocks))
@@ -588,7 +589,7 @@ def main(argv=None):
     parser.add_argument("--no-check", action="store_true", help="skip the core-coverage check")
     parser.add_argument("--blocks", action="store_true",
                         help="no board build: synthesise the core with its hierarchy kept and "
-                             "print the cells of each block, largest first (about 2 min)")
+                             "print the cells of each block, largest first (about a minute)")
     args = parser.parse_args(argv)
 
     params = load_core_module().CoreParams()

@@ -301,7 +301,7 @@ def main(argv=None):
     build.add_argument("--out", default="build/versa", help="build directory (default: %(default)s)")
     build.add_argument("--pairs", type=int, help="queue pairs (default 4)")
     build.add_argument("--blocks", action="store_true",
-                       help="no board build: the core's cells per block, largest first (about 2 min)")
+                       help="no board build: the core's cells per block, largest first (about a minute)")
     build.set_defaults(func=cmd_build)
 
     from . import bench as bench_model

@@ -412,7 +412,7 @@ class RingEngine(wiring.Component):
 
         # --- scheduler ------------------------------------------------------
         def has_work(index):
-            return work[index] if isinstance(index, int) else work.bit_select(index, 1)
+            return work.bit_select(index, 1)
 
         if is_rx:
             # the receiveq the head frame is steered to; a starved queue waits
